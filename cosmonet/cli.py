@@ -1,0 +1,223 @@
+"""The ``cosmonet`` command line: ``cosmonet <command> ...``.
+
+Bad input is reported as one line on stderr (``cosmonet: error: ...``) with exit code 2,
+and no partial output file is left behind. Every command runs under ``mpirun -np N``,
+``srun`` or as a single process; rank 0 alone prints.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+from .errors import InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise InputError(f"{self.prog}: {message}")
+
+
+def _comm():
+    from mpi4py import MPI
+    return MPI.COMM_WORLD
+
+
+def _say(comm, *args):
+    if comm.rank == 0:
+        print(*args, file=sys.stderr, flush=True)
+
+
+def _collective_check(comm, fn):
+    """Run ``fn`` on rank 0; raise its InputError on every rank so all exit together."""
+    msg = None
+    if comm.rank == 0:
+        try:
+            fn()
+        except InputError as exc:
+            msg = str(exc)
+    msg = comm.bcast(msg, root=0)
+    if msg is not None:
+        raise InputError(msg)
+
+
+def _write_json(path, obj):
+    from .io.atomic import atomic_path
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=1)
+            fh.write("\n")
+
+
+# --------------------------------------------------------------------------- run-sim
+def _add_run_sim(sub):
+    p = sub.add_parser("run-sim", help="one ZA / 2LPT / FastPM simulation to an HDF5 file")
+    p.add_argument("--nc", type=int, default=32, help="particles per side (default 32)")
+    p.add_argument("--box", type=float, default=128.0, help="box side in Mpc/h (default 128)")
+    p.add_argument("--steps", type=int, default=10, help="FastPM KDK steps (default 10)")
+    p.add_argument("--boost", type=float, default=2, help="force mesh = boost * nc (default 2)")
+    p.add_argument("--seed", type=int, default=42, help="white-noise seed (default 42)")
+    p.add_argument("--a-start", type=float, default=0.1, help="FastPM start, 2LPT ICs (default 0.1)")
+    p.add_argument("--a-final", type=float, default=1.0, help="final scale factor (default 1, z = 0)")
+    p.add_argument("--cosmology", default="planck15",
+                   help="'planck15' or overrides such as 'Omega_m=0.3,sigma8=0.8' (on planck15)")
+    p.add_argument("--linear-field", default=None,
+                   help="real-space delta_lin at a = 1 on the nc^3 grid (.npy) instead of the seed")
+    p.add_argument("--out", required=True, help="output HDF5 file")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_run_sim)
+
+
+def cmd_run_sim(args):
+    from .cosmology import Cosmology
+    from .io.atomic import check_writable_dir
+    from .io.simfile import write_simulation
+    from .sim.simulation import SimConfig, run_simulation
+
+    comm = _comm()
+    cosmo = Cosmology.from_string(args.cosmology)
+    cfg = SimConfig(nc=args.nc, box=args.box, steps=args.steps, boost=args.boost, seed=args.seed,
+                    a_start=args.a_start, a_final=args.a_final, cosmology=cosmo)
+    _collective_check(comm, lambda: check_writable_dir(args.out))
+    if args.linear_field is not None:
+        _collective_check(comm, lambda: _check_linear_field(args.linear_field, cfg.nc))
+    t0 = time.perf_counter()
+
+    def progress(step, a):
+        if not args.quiet:
+            _say(comm, f"run-sim: step {step}/{cfg.steps}  a = {a:.4f}  "
+                       f"({time.perf_counter() - t0:.1f} s)")
+
+    result = run_simulation(cfg, comm, linear_field=args.linear_field, progress=progress)
+    extra = {"linear_field": os.path.abspath(args.linear_field) if args.linear_field else "",
+             "n_ranks": comm.size}
+    write_simulation(args.out, result, extra_attrs=extra)
+    wall = time.perf_counter() - t0
+    if comm.rank == 0:
+        print(json.dumps({"out": args.out, "nc": cfg.nc, "box": cfg.box, "steps": cfg.steps,
+                          "ranks": comm.size, "wall_seconds": round(wall, 4),
+                          "timers": {k: round(v["seconds"], 4)
+                                     for k, v in result.timers.as_dict().items()}}))
+    return 0
+
+
+def _check_linear_field(path, nc):
+    import numpy as np
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--linear-field {path}: cannot read as a .npy array ({exc})") from None
+    if arr.shape != (nc, nc, nc):
+        raise InputError(f"--linear-field {path}: shape {arr.shape}, expected ({nc}, {nc}, {nc})")
+
+
+# --------------------------------------------------------------------------- power
+def _add_power(sub):
+    p = sub.add_parser("power", help="P(k), and cross P(k), T(k), r(k), of a simulation file")
+    p.add_argument("sim", help="HDF5 file from run-sim")
+    p.add_argument("--field", default="fastpm", help="za, lpt2 or fastpm (default fastpm)")
+    p.add_argument("--second", default=None, help="second field for cross power, T and r")
+    p.add_argument("--nmesh", type=int, default=None, help="painting mesh per side (default nc)")
+    p.add_argument("--compensation", default="cic_shotnoise", choices=["none", "cic", "cic_shotnoise"],
+                   help="CIC window correction (default cic_shotnoise, as nbodykit)")
+    p.add_argument("--json", required=True, help="output JSON file")
+    p.add_argument("--plot", default=None, help="also draw P(k) (and T, r) to this PNG")
+    p.set_defaults(func=cmd_power)
+
+
+def _read_positions(path, name, comm):
+    """Local rows of q + displacement for field ``name`` (Mpc/h, (n, 3)) and the file's attrs."""
+    import h5py
+    import numpy as np
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(f"cannot open simulation file {path} ({exc})") from None
+    with f:
+        key = f"{name}/disp"
+        if key not in f:
+            raise InputError(f"{path} has no field '{name}' (has: "
+                             f"{', '.join(sorted(k for k in f.keys() if f'{k}/disp' in f))})")
+        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        nc, box = int(attrs["nc"]), float(attrs["box_size"])
+        rows = np.array_split(np.arange(nc), comm.size)[comm.rank]
+        lo, hi = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 0)
+        disp = f[key][:, lo:hi].astype(np.float64)
+    grid = np.arange(nc) * (box / nc)
+    q = np.stack(np.meshgrid(grid[lo:hi], grid, grid, indexing="ij"))
+    pos = np.mod(q + disp, box).reshape(3, -1).T
+    return pos, attrs
+
+
+def cmd_power(args):
+    import numpy as np
+
+    from .analysis.power import cross_power, binned_power, density_k
+    from .mesh import ParticleMesh
+
+    comm = _comm()
+    if not os.path.exists(args.sim):
+        raise InputError(f"simulation file {args.sim} does not exist")
+    from .io.atomic import check_writable_dir
+    _collective_check(comm, lambda: check_writable_dir(args.json))
+    pos, attrs = _read_positions(args.sim, args.field, comm)
+    nc, box = int(attrs["nc"]), float(attrs["box_size"])
+    nmesh = nc if args.nmesh is None else args.nmesh
+    if nmesh < 2:
+        raise InputError(f"--nmesh must be >= 2 (got {nmesh})")
+    pm = ParticleMesh(nmesh, box, comm, dtype=np.float64)
+    a_k = density_k(pm, pos, nc ** 3, args.compensation)
+    if args.second is not None:
+        pos2, _ = _read_positions(args.sim, args.second, comm)
+        b_k = density_k(pm, pos2, nc ** 3, args.compensation)
+        res = cross_power(pm, a_k, b_k)
+    else:
+        res = binned_power(pm, a_k)
+        res.pop("edges")
+    out = {key: np.asarray(v).tolist() for key, v in res.items()}
+    out.update(field=args.field, second=args.second, nmesh=nmesh, box_size=box,
+               shotnoise=box ** 3 / nc ** 3, compensation=args.compensation,
+               a_final=attrs.get("a_final"), units={"k": "h/Mpc", "power": "(Mpc/h)^3"})
+    if comm.rank == 0:
+        _write_json(args.json, out)
+        if args.plot:
+            from .analysis.plots import plot_power
+            from .cosmology import KEYS, Cosmology
+            from .growth import growth_for
+            cosmo = Cosmology.from_dict({k: attrs[k] for k in KEYS if k in attrs})
+            kl = np.geomspace(pm.k_fundamental, pm.k_nyquist, 100)
+            a = float(attrs.get("a_final", 1.0))
+            plin = cosmo.linear_power(kl) * growth_for(cosmo).D1(a) ** 2
+            plot_power(out, args.plot, title=f"{os.path.basename(args.sim)}: nc={nc}, L={box:g} Mpc/h, "
+                       f"a={a:g}", linear=(kl, plin))
+        print(json.dumps({"json": args.json, "plot": args.plot, "bins": len(out["k"])}))
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+def build_parser():
+    parser = _Parser(prog="cosmonet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_run_sim(sub)
+    _add_power(sub)
+    return parser
+
+
+def main(argv=None):
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except InputError as exc:
+        try:
+            rank = _comm().rank
+        except Exception:  # MPI unavailable: report anyway
+            rank = 0
+        if rank == 0:
+            msg = str(exc).splitlines()[0] if str(exc) else "invalid input"
+            print(f"cosmonet: error: {msg}", file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""HDF5 files: self-describing simulation outputs, written atomically."""

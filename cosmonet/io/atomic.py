@@ -1,0 +1,46 @@
+"""Write a file under a temporary name, fsync, then rename: readers never see half a file."""
+import os
+import tempfile
+from contextlib import contextmanager
+
+from ..errors import InputError
+
+
+def check_writable_dir(path):
+    """Raise :class:`InputError` unless the directory that will hold ``path`` is writable."""
+    d = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(d):
+        raise InputError(f"output directory {d} does not exist")
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise InputError(f"output directory {d} is not writable")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".cosmonet-probe-", dir=d)
+    except OSError as exc:
+        raise InputError(f"output directory {d} is not writable ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; on success fsync it and rename it to ``path``.
+
+    On any exception the temporary file is removed and ``path`` is left untouched.
+    """
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        dfd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,58 @@
+"""The single-simulation HDF5 file written by ``cosmonet run-sim``.
+
+Datasets (float32, shape (3, nc, nc, nc), channel first, indexed by the particle's
+Lagrangian grid point q = (i, j, k) L / nc):
+
+- ``za/disp``, ``lpt2/disp``, ``fastpm/disp``: displacement x - q in Mpc/h, wrapped to the
+  minimum image [-L/2, L/2);
+- ``za/vel``, ``lpt2/vel``, ``fastpm/vel``: peculiar velocity a dx/dt in km/s.
+
+Root attributes: ``box_size`` (Mpc/h), ``nc``, ``a_final``, ``a_start``, ``steps``,
+``boost``, ``force_nmesh``, ``seed``, the cosmology's parameters, ``linear_field`` (path
+or empty), ``code_version``.
+"""
+import h5py
+import numpy as np
+
+from .. import __version__
+from .atomic import atomic_path
+
+FIELD_UNITS = {"disp": "Mpc/h", "vel": "km/s"}
+
+
+def write_simulation(path, result, extra_attrs=None):
+    """Gather ``result`` (a :class:`~cosmonet.sim.simulation.SimResult`) and write it on rank 0.
+
+    Collective over the result's communicator. The file appears under ``path`` only once
+    complete.
+    """
+    pm = result.pm
+    full = {}
+    for name, local in result.fields.items():
+        parts = pm.comm.gather(local, root=0)
+        if pm.comm.rank == 0:
+            full[name] = np.concatenate(parts, axis=1)
+    if pm.comm.rank == 0:
+        attrs = dict(result.config.attrs())
+        attrs["code_version"] = __version__
+        attrs.update(extra_attrs or {})
+        with atomic_path(path) as tmp:
+            with h5py.File(tmp, "w") as f:
+                for k, v in attrs.items():
+                    f.attrs[k] = "" if v is None else v
+                for name, arr in full.items():
+                    ds = f.create_dataset(name, data=arr)
+                    ds.attrs["units"] = FIELD_UNITS[name.split("/")[-1]]
+    pm.comm.Barrier()
+
+
+def read_attrs(path):
+    """Root attributes of a simulation file as a plain dict."""
+    with h5py.File(path, "r") as f:
+        return {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+
+
+def read_field(path, name):
+    """A (3, nc, nc, nc) float32 dataset, e.g. ``read_field(p, "fastpm/disp")``."""
+    with h5py.File(path, "r") as f:
+        return f[name][...]

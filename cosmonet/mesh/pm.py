@@ -1,0 +1,205 @@
+"""A periodic 3D mesh distributed over an MPI communicator in x-slabs.
+
+Conventions (pmesh / nbodykit): ``Nmesh`` cells of size ``BoxSize / Nmesh`` Mpc/h per
+side; real fields are local slabs of shape ``(nx, N, N)`` holding x-planes ``[x0, x1)``;
+complex fields (real-to-complex transform, last axis ``N // 2 + 1``) are slabs along
+the y axis. The forward transform is normalised by ``1 / N^3`` so that a density
+contrast ``delta(x)`` has ``<|delta_k|^2> = P(k) / V``, as in nbodykit.
+"""
+import numpy as np
+from mpi4py import MPI
+from mpi4py_fft import PFFT
+
+from ..errors import InputError
+from ..timing import Timers
+from . import cic
+from .layout import Layout
+
+
+class ParticleMesh:
+    """Distributed FFTs, k-vectors and CIC paint/readout on an ``Nmesh^3`` periodic box.
+
+    Parameters
+    ----------
+    Nmesh : int
+        Cells per side.
+    BoxSize : float
+        Box side in Mpc/h.
+    comm : MPI communicator, default COMM_WORLD.
+    dtype : numpy real dtype of the mesh (float32 default; float64 available).
+    timers : :class:`~cosmonet.timing.Timers` that collects fft/paint/readout time.
+    """
+
+    def __init__(self, Nmesh, BoxSize, comm=None, dtype=np.float32, timers=None):
+        self.timers = Timers() if timers is None else timers
+        self.comm = MPI.COMM_WORLD if comm is None else comm
+        self.Nmesh = int(Nmesh)
+        self.BoxSize = float(BoxSize)
+        self.dtype = np.dtype(dtype)
+        if self.Nmesh < max(2, self.comm.size):
+            raise InputError(
+                f"mesh of {self.Nmesh}^3 cannot be split over {self.comm.size} ranks "
+                "(need Nmesh >= number of ranks and >= 2)")
+        if self.BoxSize <= 0:
+            raise InputError(f"box size must be > 0 Mpc/h (got {BoxSize})")
+        N = self.Nmesh
+        self.fft = PFFT(self.comm, (N, N, N), axes=(0, 1, 2), dtype=self.dtype, grid=(-1,))
+        rs = self.fft.local_slice(False)
+        cs = self.fft.local_slice(True)
+        self.real_slice = rs
+        self.complex_slice = cs
+        self.x0, self.x1 = rs[0].start, rs[0].stop
+        self.real_shape = tuple(s.stop - s.start for s in rs)
+        self.complex_shape = tuple(s.stop - s.start for s in cs)
+        bounds = self.comm.allgather((self.x0, self.x1))
+        self.plane_owner = np.empty(N, dtype=np.int32)
+        for r, (a, b) in enumerate(bounds):
+            self.plane_owner[a:b] = r
+        kf = 2 * np.pi / self.BoxSize
+        full = np.fft.fftfreq(N, 1.0 / N) * kf
+        half = np.fft.rfftfreq(N, 1.0 / N) * kf
+        self.k = [full[cs[0]].reshape(-1, 1, 1),
+                  full[cs[1]].reshape(1, -1, 1),
+                  half[cs[2]].reshape(1, 1, -1)]
+        self._k2 = None
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def cell_size(self):
+        """Mesh spacing in Mpc/h."""
+        return self.BoxSize / self.Nmesh
+
+    @property
+    def k_fundamental(self):
+        """2 pi / BoxSize in h/Mpc."""
+        return 2 * np.pi / self.BoxSize
+
+    @property
+    def k_nyquist(self):
+        """pi Nmesh / BoxSize in h/Mpc."""
+        return np.pi * self.Nmesh / self.BoxSize
+
+    @property
+    def k2(self):
+        """|k|^2 on the local complex slab, (h/Mpc)^2 (float64, broadcast to full shape)."""
+        if self._k2 is None:
+            self._k2 = self.k[0] ** 2 + self.k[1] ** 2 + self.k[2] ** 2
+        return self._k2
+
+    def gradient_k(self, axis):
+        """k_i for the spectral derivative i k_i, zero on the Nyquist plane of that axis.
+
+        The Nyquist mode's derivative is not representable on a real field; zeroing it
+        keeps results independent of the decomposition.
+        """
+        k = self.k[axis].copy()
+        k[np.isclose(np.abs(k), self.k_nyquist)] = 0.0
+        return k
+
+    def hermitian_weights(self):
+        """Multiplicity of each local complex mode in the full (non-halved) k space.
+
+        Modes with 0 < kz < Nyquist stand for themselves and their conjugates (2);
+        the kz = 0 and kz = Nyquist planes are counted once.
+        """
+        N = self.Nmesh
+        iz = np.arange(N // 2 + 1)[self.complex_slice[2]]
+        w = np.where((iz == 0) | ((N % 2 == 0) & (iz == N // 2)), 1.0, 2.0)
+        return np.broadcast_to(w.reshape(1, 1, -1), self.complex_shape)
+
+    def real_coords(self):
+        """Cell-corner coordinates x, y, z (Mpc/h) of the local real slab, broadcastable."""
+        H = self.cell_size
+        return [np.arange(s.start, s.stop).reshape(sh) * H
+                for s, sh in zip(self.real_slice, [(-1, 1, 1), (1, -1, 1), (1, 1, -1)])]
+
+    # ------------------------------------------------------------------ transforms
+    def create_real(self, value=0.0):
+        return np.full(self.real_shape, value, dtype=self.dtype)
+
+    def r2c(self, real):
+        """Forward FFT of a local real slab, normalised by 1/N^3 (nbodykit convention)."""
+        with self.timers("fft"):
+            return np.array(self.fft.forward(np.asarray(real, dtype=self.dtype), normalize=True),
+                            copy=True)
+
+    def c2r(self, cplx):
+        """Inverse FFT (no normalisation): ``c2r(r2c(f)) == f``."""
+        with self.timers("fft"):
+            inp = self.fft.forward.output_array
+            inp[...] = cplx
+            return np.array(self.fft.backward(inp), copy=True)
+
+    # ------------------------------------------------------------------ particles
+    def decompose(self, pos):
+        """Layout that routes local particles (positions (n, 3) Mpc/h) to their plane owners."""
+        if self.comm.size == 1:
+            return Layout(self.comm, np.zeros(len(pos), dtype=np.int32))
+        planes = np.empty(len(pos), dtype=np.int64)
+        cic.owner_plane(np.ascontiguousarray(pos[:, 0]), self.BoxSize, self.Nmesh, planes)
+        return Layout(self.comm, self.plane_owner[planes])
+
+    def _neighbours(self):
+        return (self.comm.rank + 1) % self.comm.size, (self.comm.rank - 1) % self.comm.size
+
+    def paint(self, pos, mass=None, layout=None):
+        """CIC-paint local particles into a real field (particle count per cell).
+
+        ``pos`` (n, 3) in Mpc/h, any rank; ``mass`` per-particle weights (default 1);
+        ``layout`` from :meth:`decompose` (computed when not given).
+        """
+        with self.timers("paint"):
+            return self._paint(pos, mass, layout)
+
+    def _paint(self, pos, mass, layout):
+        pos = np.asarray(pos, dtype=np.float64)
+        if layout is None:
+            layout = self.decompose(pos)
+        mass = np.ones(len(pos)) if mass is None else np.broadcast_to(
+            np.asarray(mass, dtype=np.float64), (len(pos),))
+        opos = layout.exchange(pos)
+        omass = layout.exchange(np.ascontiguousarray(mass))
+        nx = self.real_shape[0]
+        slab = np.zeros((nx + 1, self.Nmesh, self.Nmesh), dtype=np.float64)
+        cic.paint_slab(opos, omass, slab, self.x0, self.BoxSize)
+        up, down = self._neighbours()
+        if self.comm.size == 1:
+            slab[0] += slab[nx]
+        else:
+            ghost = np.empty_like(slab[0])
+            self.comm.Sendrecv(np.ascontiguousarray(slab[nx]), dest=up, recvbuf=ghost, source=down)
+            slab[0] += ghost
+        return slab[:nx].astype(self.dtype)
+
+    def readout(self, field, pos, layout=None):
+        """CIC-interpolate the local real ``field`` at local particle positions (n, 3)."""
+        with self.timers("readout"):
+            return self._readout(field, pos, layout)
+
+    def _readout(self, field, pos, layout):
+        pos = np.asarray(pos, dtype=np.float64)
+        if layout is None:
+            layout = self.decompose(pos)
+        nx = self.real_shape[0]
+        slab = np.empty((nx + 1, self.Nmesh, self.Nmesh), dtype=field.dtype)
+        slab[:nx] = field
+        up, down = self._neighbours()
+        if self.comm.size == 1:
+            slab[nx] = field[0]
+        else:
+            self.comm.Sendrecv(np.ascontiguousarray(field[0]), dest=down, recvbuf=slab[nx], source=up)
+        opos = layout.exchange(pos)
+        values = np.empty(len(opos), dtype=np.float64)
+        cic.readout_slab(opos, slab, self.x0, self.BoxSize, values)
+        return layout.gather(values)
+
+    # ------------------------------------------------------------------ reductions
+    def allsum(self, x):
+        return self.comm.allreduce(x, op=MPI.SUM)
+
+    def gather_real(self, field, root=0):
+        """Full (N, N, N) array on ``root`` (None elsewhere) from local slabs."""
+        parts = self.comm.gather(np.asarray(field), root=root)
+        if self.comm.rank != root:
+            return None
+        return np.concatenate(parts, axis=0)

@@ -1,0 +1,131 @@
+"""One simulation: linear field -> ZA and 2LPT -> FastPM, on any number of ranks.
+
+Particles sit on the ``nc^3`` Lagrangian grid q = (i, j, k) L / nc; rank r owns the
+particles of its x-slab of that grid, in C order, for the whole run (forces reach them
+through :class:`~cosmonet.mesh.Layout`), so outputs are indexed by q on every rank.
+"""
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..cosmology import Cosmology
+from ..errors import InputError
+from ..growth import growth_for
+from ..mesh import ParticleMesh
+from ..timing import Timers
+from .fastpm import GravitySolver, ParticleState, run_fastpm
+from .linear import linear_density_k, load_linear_field
+from .lpt import lpt2_displacement, lpt_displacement, lpt_momentum, za_displacement
+
+#: km/s per unit of FastPM momentum divided by a: v = a dx/dt = 100 p / a km/s for
+#: p in Mpc/h (H0 = 100 h km/s/Mpc).
+VELOCITY_UNIT_KMS = 100.0
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Parameters of one simulation (lengths in Mpc/h).
+
+    nc: particles per side (and LPT mesh); box: side in Mpc/h; steps: FastPM KDK steps;
+    boost: force mesh = boost * nc; a_start: FastPM start (2LPT ICs); a_final: end.
+    """
+
+    nc: int = 32
+    box: float = 128.0
+    steps: int = 10
+    boost: float = 2
+    seed: int = 42
+    a_start: float = 0.1
+    a_final: float = 1.0
+    cosmology: Cosmology = field(default_factory=Cosmology.planck15)
+
+    def __post_init__(self):
+        def need(ok, msg):
+            if not ok:
+                raise InputError(msg)
+        need(isinstance(self.nc, (int, np.integer)) and self.nc >= 2, f"nc must be an integer >= 2 (got {self.nc})")
+        need(np.isfinite(self.box) and self.box > 0, f"box must be > 0 Mpc/h (got {self.box})")
+        need(isinstance(self.steps, (int, np.integer)) and self.steps >= 1, f"steps must be an integer >= 1 (got {self.steps})")
+        need(np.isfinite(self.boost) and self.boost >= 1 and float(self.boost * self.nc).is_integer(),
+             f"boost must be >= 1 with boost * nc an integer (got {self.boost})")
+        need(0 < self.a_start < self.a_final <= 4, f"need 0 < a_start < a_final (got a_start={self.a_start}, "
+             f"a_final={self.a_final})")
+        need(0 <= int(self.seed) < 2 ** 63, f"seed must be a non-negative integer (got {self.seed})")
+
+    @property
+    def force_nmesh(self):
+        return int(round(self.boost * self.nc))
+
+    def attrs(self):
+        """Root attributes of a simulation file (HDF5-friendly scalars)."""
+        d = {k: v for k, v in asdict(self).items() if k != "cosmology"}
+        d.update(box_size=float(self.box), force_nmesh=self.force_nmesh)
+        d.update(self.cosmology.to_dict())
+        return d
+
+
+@dataclass
+class SimResult:
+    """Local slabs of every output field, shape (3, nx, nc, nc), plus the particle mesh."""
+
+    fields: dict
+    pm: ParticleMesh
+    config: SimConfig
+    timers: Timers
+
+
+def lagrangian_positions(pm):
+    """q of the local particles, (n, 3) in Mpc/h, C order over the local slab."""
+    x, y, z = pm.real_coords()
+    shape = pm.real_shape
+    return np.stack([np.broadcast_to(c, shape).ravel() for c in (x, y, z)], axis=1)
+
+
+def to_grid(values, pm):
+    """(n, 3) per-particle values -> (3, nx, nc, nc) float32 field."""
+    return np.ascontiguousarray(values.T.reshape((3,) + pm.real_shape), dtype=np.float32)
+
+
+def minimum_image(disp, boxsize):
+    """Wrap displacements into [-L/2, L/2)."""
+    return np.mod(disp + 0.5 * boxsize, boxsize) - 0.5 * boxsize
+
+
+def run_simulation(cfg, comm, linear_field=None, timers=None, progress=None, fields=None):
+    """Run ZA, 2LPT and FastPM for ``cfg`` on ``comm``; returns a :class:`SimResult`.
+
+    ``linear_field``: path of a real-space delta_lin (.npy, (nc,)*3) replacing the
+    Gaussian field from ``cfg.seed``. ``progress(step, a)`` is called on every rank.
+    """
+    timers = Timers() if timers is None else timers
+    cosmo = cfg.cosmology
+    pm = ParticleMesh(cfg.nc, cfg.box, comm, dtype=np.float64, timers=timers)
+    pm_force = ParticleMesh(cfg.force_nmesh, cfg.box, comm, dtype=np.float32, timers=timers)
+    with timers("setup"):
+        growth = growth_for(cosmo)
+    with timers("lpt"):
+        if linear_field is not None:
+            delta_k = load_linear_field(linear_field, pm)
+        else:
+            delta_k = linear_density_k(pm, cfg.seed, lambda k: cosmo.linear_power(k))
+        psi1 = za_displacement(pm, delta_k)
+        psi2 = lpt2_displacement(pm, delta_k)
+        flat = lambda f: f.reshape(3, -1).T  # noqa: E731  (3, nx, nc, nc) -> (n, 3)
+        q = lagrangian_positions(pm)
+        psi1, psi2 = flat(psi1), flat(psi2)
+        out = {}
+        af = cfg.a_final
+        out["za/disp"] = to_grid(lpt_displacement(psi1, None, growth, af), pm)
+        out["za/vel"] = to_grid(VELOCITY_UNIT_KMS / af * lpt_momentum(psi1, None, growth, cosmo, af), pm)
+        out["lpt2/disp"] = to_grid(lpt_displacement(psi1, psi2, growth, af), pm)
+        out["lpt2/vel"] = to_grid(VELOCITY_UNIT_KMS / af * lpt_momentum(psi1, psi2, growth, cosmo, af), pm)
+        a0 = cfg.a_start
+        state = ParticleState(pos=np.mod(q + lpt_displacement(psi1, psi2, growth, a0), cfg.box),
+                              mom=lpt_momentum(psi1, psi2, growth, cosmo, a0), a=a0)
+    solver = GravitySolver(pm_force, cfg.nc ** 3)
+    run_fastpm(state, solver, growth, cosmo.Omega_m, af, cfg.steps, progress=progress)
+    out["fastpm/disp"] = to_grid(minimum_image(state.pos - q, cfg.box), pm)
+    out["fastpm/vel"] = to_grid(VELOCITY_UNIT_KMS / af * state.mom, pm)
+    if fields is not None:
+        out = {k: v for k, v in out.items() if k in fields}
+    return SimResult(fields=out, pm=pm, config=cfg, timers=timers)
