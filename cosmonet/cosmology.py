@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -92,10 +92,11 @@ class Cosmology:
         tokens = [t.strip() for t in text.split(",") if t.strip()]
         base = _PRESETS["planck15"]
         if "=" not in tokens[0]:
-            name = tokens.pop(0).lower()
-            if name not in _PRESETS:
-                raise InputError(f"unknown cosmology preset '{name}' (known: {', '.join(_PRESETS)})")
-            base = _PRESETS[name]
+            name = tokens.pop(0)
+            if name.lower() not in _PRESETS:
+                raise InputError(f"unknown cosmology preset '{name}' (known: {', '.join(_PRESETS)}; "
+                                 "parameters need key=value)")
+            base = _PRESETS[name.lower()]
         over = {}
         for tok in tokens:
             key, sep, val = tok.partition("=")

@@ -9,8 +9,8 @@ with dlnE/dlna = -1.5 Omega_m(a), are solved for u = D1/a and v = D2/a^2, which 
     v'' = -(4.5 + 1.5 w) v' - (3.5 + 4.5 w) v - 1.5 (1 - w) u^2
 Initial conditions carry the first order in w: u = 1 - 2/11 w, v = -3/7 + 153/1001 w (w ~ a^3).
 u and v are tabulated on a uniform ln a grid and interpolated with quintic Hermite splines built from
-(y, y', y'') at the nodes (interpolation error ~1e-12). Below the table u and v are held constant
-(matter domination, error ~ w(a_min) ~ 1e-9).
+(y, y', y'') at the nodes (interpolation error ~1e-12). Below the table the same O(w) series is used
+(error O(w^2) < 1e-17 below a = 1e-3).
 
 Time-integration functions (Feng et al. 2016, H0 = 1): momentum p = a^2 dx/dt / H0,
     dp/da = 1.5 Omega_m F / (a^2 E),  dx/da = p / (a^3 E).
@@ -63,7 +63,7 @@ class Growth:
     All methods take a scalar (returning float) or an array of scale factors.
     """
 
-    def __init__(self, cosmo: Cosmology, a_min: float = 1e-3, a_max: float = 2.0):
+    def __init__(self, cosmo: Cosmology, a_min: float = 1e-3, a_max: float = 4.0):
         cosmo = parse_cosmology(cosmo)
         if not 0.0 < a_min < 1.0 < a_max:
             raise InputError(f"growth table needs 0 < a_min < 1 < a_max (got a_min={a_min}, a_max={a_max})")
@@ -106,7 +106,7 @@ class Growth:
         u1 = float(_Quintic(x0, dx, u, du, ddu)(np.zeros(()))[0])
         self._u = _Quintic(x0, dx, u / u1, du / u1, ddu / u1)
         self._v = _Quintic(x0, dx, v / u1**2, dv / u1**2, ddv / u1**2)
-        self._x0 = x0
+        self._x0, self._r, self._norm = x0, r, 1.0 / u1
 
     # ------------------------------------------------------------------ internals
     def _prep(self, a):
@@ -118,14 +118,20 @@ class Growth:
         return a, scalar
 
     def _uv(self, a):
-        """u = D1/a, du/dlna, v = D2/a^2, dv/dlna (constant below the table start)."""
-        x = np.maximum(np.log(a), self._x0)
+        """u = D1/a, du/dlna, v = D2/a^2, dv/dlna; below the table the O(w) series of the ICs."""
+        lna = np.log(a)
+        x = np.maximum(lna, self._x0)
         u, du = self._u(x)
         v, dv = self._v(x)
-        early = np.log(a) < self._x0
+        early = lna < self._x0
         if np.any(early):
-            du = np.where(early, 0.0, du)
-            dv = np.where(early, 0.0, dv)
+            q = self._r * a**3
+            w = q / (1.0 + q)
+            n = self._norm
+            u = np.where(early, n * (1.0 - 2.0 / 11.0 * w), u)
+            du = np.where(early, n * (-6.0 / 11.0) * w, du)
+            v = np.where(early, n * n * (-3.0 / 7.0 + 153.0 / 1001.0 * w), v)
+            dv = np.where(early, n * n * (459.0 / 1001.0) * w, dv)
         return u, du, v, dv
 
     @staticmethod
