@@ -43,7 +43,8 @@ FLOP_CONVENTION = ("GFLOP/s = 5 N log2(N) / t_pair / 1e9 with N = Nmesh^3: a com
                    "points counts 5 N log2 N flops, a real transform (r2c or c2r) counts half of that, "
                    "so one r2c + c2r pair counts 5 N log2 N; t_pair is the wall time of "
                    "ParticleMesh.r2c followed by ParticleMesh.c2r (including their copies and the 1/N^3 "
-                   "normalisation), the slowest rank's median over repeats")
+                   "normalisation), the slowest rank's median over repeats; the *_reference_pfft numbers use a bare "
+                   "mpi4py-fft PFFT forward + backward (FFTW) instead")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -119,7 +120,7 @@ def machine_info(comm=None):
     }
     if comm is not None:
         from mpi4py import MPI
-        info["mpi_library"] = MPI.Get_library_version().strip().splitlines()[0]
+        info["mpi_library"] = MPI.Get_library_version().strip("\x00 \n").splitlines()[0]
         info["ranks"] = comm.size
     return info
 
@@ -190,33 +191,68 @@ def mesh_label(nmesh, dtype):
     return f"{nmesh}^3_{dtype}"
 
 
+def peak_rss_mib(comm):
+    """Peak resident memory of the largest rank and summed over ranks, MiB."""
+    import resource
+    mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    from mpi4py import MPI
+    return {"max_rank": comm.allreduce(mib, op=MPI.MAX), "sum_ranks": comm.allreduce(mib, op=MPI.SUM)}
+
+
 def allmax(comm, x):
     from mpi4py import MPI
     return comm.allreduce(x, op=MPI.MAX)
 
 
-def time_pairs(pm, comm, pairs, repeats, bare=False):
-    """Median (over ``repeats``) wall time of one r2c + c2r pair, the slowest rank's."""
+def time_pairs(pm, comm, pairs, repeats):
+    """Median and min (over ``repeats``) wall time of one ``pm.r2c`` + ``pm.c2r`` pair,
+    the slowest rank's."""
     import numpy as np
     rng = np.random.default_rng(1234 + comm.rank)
     real = rng.standard_normal(pm.real_shape).astype(pm.dtype)
-    cplx = pm.r2c(real)
-    if bare:  # mpi4py-fft's transforms on its own arrays: no copies around them
-        fwd, bwd = pm.fft.forward, pm.fft.backward
-        fwd.input_array[...] = real
+    pm.c2r(pm.r2c(real))
     samples = []
     for _ in range(repeats):
         comm.Barrier()
         t0 = time.perf_counter()
         for _ in range(pairs):
-            if bare:
-                fwd(normalize=True)
-                bwd()
-            else:
-                cplx = pm.r2c(real)
-                pm.c2r(cplx)
+            pm.c2r(pm.r2c(real))
         samples.append(allmax(comm, time.perf_counter() - t0) / pairs)
     return statistics.median(samples), min(samples)
+
+
+def time_reference_pfft_pairs(nmesh, dtype, comm, pairs, repeats):
+    """Reference: mpi4py-fft PFFT (FFTW, slab decomposition, default planning) forward +
+    backward on its own arrays, no copies around them; median seconds per pair, slowest rank.
+
+    Independent of how ParticleMesh does its transforms, so it stays comparable when the
+    package's FFT backend changes.
+    """
+    import numpy as np
+    from mpi4py_fft import PFFT
+    fft = PFFT(comm, (nmesh,) * 3, axes=(0, 1, 2), dtype=np.dtype(dtype), grid=(-1,))
+    rng = np.random.default_rng(4321 + comm.rank)
+    fft.forward.input_array[...] = rng.standard_normal(fft.forward.input_array.shape)
+    fft.forward(normalize=True)
+    fft.backward()
+    samples = []
+    for _ in range(repeats):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        for _ in range(pairs):
+            fft.forward(normalize=True)
+            fft.backward()
+        samples.append(allmax(comm, time.perf_counter() - t0) / pairs)
+    fft.destroy()
+    return statistics.median(samples)
+
+
+def fft_backend(pm):
+    """What ParticleMesh uses for its transforms (its ``fft`` attribute), for the record."""
+    f = getattr(pm, "fft", None)
+    if f is None:
+        return "ParticleMesh.fft is None (package's own single-rank path)"
+    return f"{type(f).__module__}.{type(f).__name__}"
 
 
 # --------------------------------------------------------------------------- d3m
@@ -326,9 +362,13 @@ def profile_one(comm, cfg, top):
                 short = short[len(prefix):]
         short = short.replace("lib/python%d.%d/site-packages/" % sys.version_info[:2], "")
         rows.append({"function": f"{short}:{line}({func})", "ncalls": nc, "tottime_s": tt, "cumtime_s": ct})
+    by_cum = sorted((r for r in rows if r["function"].startswith("cosmonet/")),
+                    key=lambda r: r["cumtime_s"], reverse=True)
     rows.sort(key=lambda r: r["tottime_s"], reverse=True)
-    return {"wall_seconds_under_profiler": wall, "sort": "tottime (own time, excluding callees)",
-            "top": rows[:top]}
+    return {"wall_seconds_under_profiler": wall,
+            "note": "one simulation under cProfile (rank 0); the profiler inflates many-small-call costs",
+            "top_by_own_time": rows[:top],
+            "cosmonet_by_cumulative_time": by_cum[:top]}
 
 
 def run_d3m(args, comm):
@@ -382,20 +422,23 @@ def run_d3m(args, comm):
         calls = {k: timers.counts[k] for k in sorted(timers.counts) if "@" not in k}
         log(comm, f"run {i + 1}/{repeats} (seed {cfg.seed}): {total:.4f} s")
     per_sim = statistics.median(totals)
-    split = median_dict(splits)
-    if split["total"] != per_sim:
-        split["total"] = per_sim
+    split = median_dict(splits)  # split["total"] is per_sim
 
     # FFT floor: the same transforms, bare, with ParticleMesh's own r2c/c2r.
     log(comm, "timing the FFT floor")
     floor = fft_floor(comm, box, kinds, args.floor_repeats)
     floor_s = sum(v["seconds"] for v in floor.values())
-    pm_force_pair = None
     from cosmonet.mesh import ParticleMesh
     pmf = ParticleMesh(cfg0.force_nmesh, box, comm, dtype=np.float32)
     pair_med, pair_min = time_pairs(pmf, comm, pairs=20, repeats=args.floor_repeats)
-    bare_med, _ = time_pairs(pmf, comm, pairs=20, repeats=args.floor_repeats, bare=True)
-    pm_force_pair = {"ms": 1e3 * pair_med, "ms_min": 1e3 * pair_min, "bare_pfft_ms": 1e3 * bare_med}
+    ref_med = time_reference_pfft_pairs(cfg0.force_nmesh, "float32", comm, 20, args.floor_repeats)
+    pm_force_pair = {"ms": 1e3 * pair_med, "ms_min": 1e3 * pair_min,
+                     "reference_mpi4py_fft_pfft_ms": 1e3 * ref_med,
+                     "note": "ms = ParticleMesh.r2c + c2r (median); reference = bare mpi4py-fft PFFT "
+                             "forward + backward on its own arrays (FFTW)"}
+    nf = float(cfg0.force_nmesh) ** 3
+    pm_force_pair["gflops"] = 5.0 * nf * math.log2(nf) / pair_med / 1e9
+    pm_force_pair["backend"] = fft_backend(pmf)
     del pmf
 
     diag = rest_diagnostics(comm, cfg0)
@@ -425,7 +468,6 @@ def run_d3m(args, comm):
         "ratio_to_fft_floor": per_sim / floor_s,
         "target_ratio_to_fft_floor": 1.5,
         "meets_target": per_sim <= 1.5 * floor_s,
-        "fft_pair_64cubed_float32_ms" if cfg0.force_nmesh == 64 else
         f"fft_pair_{cfg0.force_nmesh}cubed_float32_ms": pm_force_pair["ms"],
         "fft_pair_force_mesh": pm_force_pair,
         "fft_counts_per_sim": counts_out,
@@ -444,6 +486,7 @@ def run_d3m(args, comm):
             "decompose, output fields, Python overhead"),
         "calls_per_sim": calls,
         "rest_diagnostics": diag,
+        "peak_rss_mib": peak_rss_mib(comm),
     }
     if args.profile:
         log(comm, "profiling one simulation")
@@ -505,8 +548,9 @@ def run_nc128(args, comm):
     pm = ParticleMesh(cfg.force_nmesh, box, comm, dtype=np.float32)
     plan_s = allmax(comm, time.perf_counter() - t0)
     pair_med, pair_min = time_pairs(pm, comm, pairs=args.fft_pairs, repeats=args.floor_repeats)
-    bare_med, _ = time_pairs(pm, comm, pairs=args.fft_pairs, repeats=args.floor_repeats, bare=True)
+    backend = fft_backend(pm)
     del pm
+    ref_med = time_reference_pfft_pairs(cfg.force_nmesh, "float32", comm, args.fft_pairs, args.floor_repeats)
     N = float(cfg.force_nmesh) ** 3
     flops_pair = 5.0 * N * math.log2(N)  # two real transforms, each half of a complex one
     best = min(runs, key=lambda r: r["seconds_per_step"])
@@ -532,12 +576,14 @@ def run_nc128(args, comm):
         "best_run_seconds_per_step": best["seconds_per_step"],
         "fft_pair_seconds": pair_med,
         "fft_pair_seconds_min": pair_min,
-        "fft_pair_bare_pfft_seconds": bare_med,
+        "fft_pair_reference_pfft_seconds": ref_med,
         "fft_gflops": flops_pair / pair_med / 1e9,
-        "fft_gflops_bare_pfft": flops_pair / bare_med / 1e9,
+        "fft_gflops_reference_pfft": flops_pair / ref_med / 1e9,
         "fft_gflops_per_rank": flops_pair / pair_med / 1e9 / comm.size,
         "fft_flop_convention": FLOP_CONVENTION,
         "fft_plan_seconds": plan_s,
+        "particle_mesh_fft_backend": backend,
+        "peak_rss_mib": peak_rss_mib(comm),
     }
 
 

@@ -2,88 +2,136 @@
 
 Positions are in Mpc/h in [0, BoxSize); the mesh has ``N`` cells of size ``H =
 BoxSize / N`` per side, cell ``i`` sitting at ``x = i H`` (cell corners, as pmesh and
-nbodykit). A rank holds the x-planes ``[x0, x0 + nx)`` of a slab plus one ghost plane at
-local index ``nx`` (the first plane of the next slab); ``y`` and ``z`` are periodic
-within the slab. Paint and readout are exact adjoints of each other.
+nbodykit). A rank holds the x-planes ``[x0, x0 + nx)`` of a slab; the plane above its
+last one (``x0 + nx``, periodically) belongs to the next rank and is handled as a ghost
+plane. ``y`` and ``z`` are periodic within the slab. Paint and readout are exact
+adjoints of each other. Every kernel computes a particle's cell as
+``floor(x * (N / BoxSize))``, the same arithmetic, so routing and painting agree.
 """
 import numba
 import numpy as np
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _cell(x, scale, n):
+    """Lower cell index in [0, n) and the fractional offset in [0, 1)."""
+    f = x * scale
+    i = int(np.floor(f))
+    d = f - i
+    if i >= n:
+        i -= n
+    elif i < 0:
+        i += n
+    return i, d
 
 
 @numba.njit(cache=True, nogil=True)
 def paint_slab(pos, mass, slab, x0, boxsize):
     """Add CIC-weighted ``mass`` of each particle to ``slab`` (shape (nx + 1, N, N)).
 
-    ``mass`` is an array of per-particle weights (same length as ``pos``). Every
-    particle must fall in the local planes ``[x0, x0 + nx)``; the plane above the slab
-    goes into the ghost plane ``slab[nx]``.
+    ``mass`` has one weight per particle. Every particle must have its lower x-cell in
+    the local planes ``[x0, x0 + nx)``; the plane above the slab is ``slab[nx]``.
     """
-    n_mesh = slab.shape[1]
-    cell = boxsize / n_mesh
+    n = slab.shape[1]
+    scale = n / boxsize
     for p in range(pos.shape[0]):
-        fx = pos[p, 0] / cell
-        fy = pos[p, 1] / cell
-        fz = pos[p, 2] / cell
-        ix = int(np.floor(fx))
-        iy = int(np.floor(fy))
-        iz = int(np.floor(fz))
-        dx = fx - ix
-        dy = fy - iy
-        dz = fz - iz
-        lx = (ix % n_mesh) - x0
-        iy0 = iy % n_mesh
-        iz0 = iz % n_mesh
-        iy1 = (iy0 + 1) % n_mesh
-        iz1 = (iz0 + 1) % n_mesh
+        ix, dx = _cell(pos[p, 0], scale, n)
+        iy, dy = _cell(pos[p, 1], scale, n)
+        iz, dz = _cell(pos[p, 2], scale, n)
+        lx = ix - x0
+        jy = iy + 1 if iy + 1 < n else 0
+        jz = iz + 1 if iz + 1 < n else 0
         m = mass[p]
-        for ox in range(2):
-            wx = dx if ox else 1.0 - dx
-            for oy in range(2):
-                wy = dy if oy else 1.0 - dy
-                jy = iy1 if oy else iy0
-                wxy = m * wx * wy
-                slab[lx + ox, jy, iz0] += wxy * (1.0 - dz)
-                slab[lx + ox, jy, iz1] += wxy * dz
+        wx0 = m * (1.0 - dx)
+        wx1 = m * dx
+        wy0 = 1.0 - dy
+        wz0 = 1.0 - dz
+        slab[lx, iy, iz] += wx0 * wy0 * wz0
+        slab[lx, iy, jz] += wx0 * wy0 * dz
+        slab[lx, jy, iz] += wx0 * dy * wz0
+        slab[lx, jy, jz] += wx0 * dy * dz
+        slab[lx + 1, iy, iz] += wx1 * wy0 * wz0
+        slab[lx + 1, iy, jz] += wx1 * wy0 * dz
+        slab[lx + 1, jy, iz] += wx1 * dy * wz0
+        slab[lx + 1, jy, jz] += wx1 * dy * dz
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _corner_weights(pos, p, scale, n, x0):
+    ix, dx = _cell(pos[p, 0], scale, n)
+    iy, dy = _cell(pos[p, 1], scale, n)
+    iz, dz = _cell(pos[p, 2], scale, n)
+    jy = iy + 1 if iy + 1 < n else 0
+    jz = iz + 1 if iz + 1 < n else 0
+    return (ix - x0, dx, iy, jy, iz, jz,
+            (1.0 - dy) * (1.0 - dz), (1.0 - dy) * dz, dy * (1.0 - dz), dy * dz)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _interp(a, b, iy, jy, iz, jz, w00, w01, w10, w11, dx):
+    """Trilinear value between plane ``a`` (lower x) and plane ``b`` (upper x)."""
+    va = w00 * a[iy, iz] + w01 * a[iy, jz] + w10 * a[jy, iz] + w11 * a[jy, jz]
+    vb = w00 * b[iy, iz] + w01 * b[iy, jz] + w10 * b[jy, iz] + w11 * b[jy, jz]
+    return (1.0 - dx) * va + dx * vb
 
 
 @numba.njit(cache=True, nogil=True)
-def readout_slab(pos, slab, x0, boxsize, out):
-    """Interpolate ``slab`` (shape (nx + 1, N, N), ghost plane filled) at ``pos`` into ``out``."""
-    n_mesh = slab.shape[1]
-    cell = boxsize / n_mesh
+def readout_slab(pos, field, ghost, x0, boxsize, out):
+    """Interpolate ``field`` (nx, N, N) at ``pos`` into ``out`` (n,).
+
+    ``ghost`` (N, N) is the plane above the slab (the next rank's first plane).
+    """
+    nx, n = field.shape[0], field.shape[1]
+    scale = n / boxsize
     for p in range(pos.shape[0]):
-        fx = pos[p, 0] / cell
-        fy = pos[p, 1] / cell
-        fz = pos[p, 2] / cell
-        ix = int(np.floor(fx))
-        iy = int(np.floor(fy))
-        iz = int(np.floor(fz))
-        dx = fx - ix
-        dy = fy - iy
-        dz = fz - iz
-        lx = (ix % n_mesh) - x0
-        iy0 = iy % n_mesh
-        iz0 = iz % n_mesh
-        iy1 = (iy0 + 1) % n_mesh
-        iz1 = (iz0 + 1) % n_mesh
-        acc = 0.0
-        for ox in range(2):
-            wx = dx if ox else 1.0 - dx
-            for oy in range(2):
-                wy = dy if oy else 1.0 - dy
-                jy = iy1 if oy else iy0
-                wxy = wx * wy
-                acc += wxy * ((1.0 - dz) * slab[lx + ox, jy, iz0] + dz * slab[lx + ox, jy, iz1])
-        out[p] = acc
+        lx, dx, iy, jy, iz, jz, w00, w01, w10, w11 = _corner_weights(pos, p, scale, n, x0)
+        upper = field[lx + 1] if lx + 1 < nx else ghost
+        out[p] = _interp(field[lx], upper, iy, jy, iz, jz, w00, w01, w10, w11, dx)
+
+
+@numba.njit(cache=True, nogil=True)
+def readout_slab3(pos, f0, f1, f2, g0, g1, g2, x0, boxsize, out):
+    """:func:`readout_slab` for the three components of a vector field; ``out`` (n, 3).
+
+    One weight computation per particle serves all three components.
+    """
+    nx, n = f0.shape[0], f0.shape[1]
+    scale = n / boxsize
+    for p in range(pos.shape[0]):
+        lx, dx, iy, jy, iz, jz, w00, w01, w10, w11 = _corner_weights(pos, p, scale, n, x0)
+        if lx + 1 < nx:
+            u0, u1, u2 = f0[lx + 1], f1[lx + 1], f2[lx + 1]
+        else:
+            u0, u1, u2 = g0, g1, g2
+        out[p, 0] = _interp(f0[lx], u0, iy, jy, iz, jz, w00, w01, w10, w11, dx)
+        out[p, 1] = _interp(f1[lx], u1, iy, jy, iz, jz, w00, w01, w10, w11, dx)
+        out[p, 2] = _interp(f2[lx], u2, iy, jy, iz, jz, w00, w01, w10, w11, dx)
 
 
 @numba.njit(cache=True, nogil=True)
 def owner_plane(pos_x, boxsize, n_mesh, out):
-    """Mesh plane ``floor(x / H) mod N`` that holds each particle's lower CIC corner.
-
-    Uses exactly the arithmetic of :func:`paint_slab`, so a particle is always sent to
-    the rank whose planes the kernel will index.
-    """
-    cell = boxsize / n_mesh
+    """Mesh plane that holds each particle's lower CIC corner (as the kernels compute it)."""
+    scale = n_mesh / boxsize
     for p in range(pos_x.shape[0]):
-        out[p] = int(np.floor(pos_x[p] / cell)) % n_mesh
+        out[p] = _cell(pos_x[p], scale, n_mesh)[0]
+
+
+@numba.njit(cache=True, nogil=True)
+def drift_wrap(pos, mom, factor, boxsize):
+    """pos += factor * mom, wrapped periodically into [0, boxsize) (in place)."""
+    for p in range(pos.shape[0]):
+        for d in range(3):
+            x = pos[p, d] + factor * mom[p, d]
+            x = x - boxsize * np.floor(x / boxsize)
+            if x >= boxsize:
+                x = 0.0
+            pos[p, d] = x
+
+
+@numba.njit(cache=True, nogil=True)
+def axpy(y, alpha, x):
+    """y += alpha * x in place (flat loop, no temporaries)."""
+    yf = y.reshape(-1)
+    xf = x.reshape(-1)
+    for i in range(yf.shape[0]):
+        yf[i] += alpha * xf[i]

@@ -7,8 +7,8 @@ the y axis. The forward transform is normalised by ``1 / N^3`` so that a density
 contrast ``delta(x)`` has ``<|delta_k|^2> = P(k) / V``, as in nbodykit.
 """
 import numpy as np
+import scipy.fft
 from mpi4py import MPI
-from mpi4py_fft import PFFT
 
 from ..errors import InputError
 from ..timing import Timers
@@ -43,9 +43,17 @@ class ParticleMesh:
         if self.BoxSize <= 0:
             raise InputError(f"box size must be > 0 Mpc/h (got {BoxSize})")
         N = self.Nmesh
-        self.fft = PFFT(self.comm, (N, N, N), axes=(0, 1, 2), dtype=self.dtype, grid=(-1,))
-        rs = self.fft.local_slice(False)
-        cs = self.fft.local_slice(True)
+        if self.comm.size == 1:
+            # one rank: pocketfft through scipy, as fast as FFTW at these sizes and
+            # without mpi4py-fft's (no-op) redistribution copies
+            self.fft = None
+            rs = (slice(0, N),) * 3
+            cs = (slice(0, N), slice(0, N), slice(0, N // 2 + 1))
+        else:
+            from mpi4py_fft import PFFT
+            self.fft = PFFT(self.comm, (N, N, N), axes=(0, 1, 2), dtype=self.dtype, grid=(-1,))
+            rs = self.fft.local_slice(False)
+            cs = self.fft.local_slice(True)
         self.real_slice = rs
         self.complex_slice = cs
         self.x0, self.x1 = rs[0].start, rs[0].stop
@@ -120,12 +128,16 @@ class ParticleMesh:
     def r2c(self, real):
         """Forward FFT of a local real slab, normalised by 1/N^3 (nbodykit convention)."""
         with self.timers("fft"):
+            if self.fft is None:
+                return scipy.fft.rfftn(np.asarray(real, dtype=self.dtype), norm="forward", workers=1)
             return np.array(self.fft.forward(np.asarray(real, dtype=self.dtype), normalize=True),
                             copy=True)
 
     def c2r(self, cplx):
         """Inverse FFT (no normalisation): ``c2r(r2c(f)) == f``."""
         with self.timers("fft"):
+            if self.fft is None:
+                return scipy.fft.irfftn(cplx, s=self.real_shape, norm="forward", workers=1)
             inp = self.fft.forward.output_array
             inp[...] = cplx
             return np.array(self.fft.backward(inp), copy=True)
@@ -172,7 +184,11 @@ class ParticleMesh:
         return slab[:nx].astype(self.dtype)
 
     def readout(self, field, pos, layout=None):
-        """CIC-interpolate the local real ``field`` at local particle positions (n, 3)."""
+        """CIC-interpolate the local real ``field`` at local particle positions (n, 3).
+
+        ``field`` may also be a list of 3 fields (a vector field): they are read in one
+        pass and the result has shape (n, 3).
+        """
         with self.timers("readout"):
             return self._readout(field, pos, layout)
 
@@ -180,17 +196,25 @@ class ParticleMesh:
         pos = np.asarray(pos, dtype=np.float64)
         if layout is None:
             layout = self.decompose(pos)
-        nx = self.real_shape[0]
-        slab = np.empty((nx + 1, self.Nmesh, self.Nmesh), dtype=field.dtype)
-        slab[:nx] = field
-        up, down = self._neighbours()
+        single = not isinstance(field, (list, tuple))
+        fields = tuple(np.ascontiguousarray(f) for f in ([field] if single else field))
+        if len(fields) not in (1, 3):
+            raise ValueError("readout takes one field or a list of three")
         if self.comm.size == 1:
-            slab[nx] = field[0]
+            ghosts = tuple(f[0] for f in fields)
         else:
-            self.comm.Sendrecv(np.ascontiguousarray(field[0]), dest=down, recvbuf=slab[nx], source=up)
+            up, down = self._neighbours()
+            sendbuf = np.ascontiguousarray(np.stack([f[0] for f in fields]))
+            recv = np.empty_like(sendbuf)
+            self.comm.Sendrecv(sendbuf, dest=down, recvbuf=recv, source=up)
+            ghosts = tuple(recv)
         opos = layout.exchange(pos)
-        values = np.empty(len(opos), dtype=np.float64)
-        cic.readout_slab(opos, slab, self.x0, self.BoxSize, values)
+        if single:
+            values = np.empty(len(opos), dtype=np.float64)
+            cic.readout_slab(opos, fields[0], ghosts[0], self.x0, self.BoxSize, values)
+        else:
+            values = np.empty((len(opos), 3), dtype=np.float64)
+            cic.readout_slab3(opos, *fields, *ghosts, self.x0, self.BoxSize, values)
         return layout.gather(values)
 
     # ------------------------------------------------------------------ reductions

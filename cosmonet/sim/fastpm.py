@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..mesh.cic import axpy, drift_wrap
+
 
 @dataclass
 class ParticleState:
@@ -23,6 +25,10 @@ class ParticleState:
     pos: np.ndarray
     mom: np.ndarray
     a: float
+
+    def __post_init__(self):
+        self.pos = np.ascontiguousarray(self.pos, dtype=np.float64)
+        self.mom = np.ascontiguousarray(self.mom, dtype=np.float64)
 
 
 GRADIENTS = ("fd4", "fd2", "exact")
@@ -73,22 +79,18 @@ class GravitySolver:
         rho = pm.paint(pos, layout=layout)
         delta_k = pm.r2c(rho)
         delta_k *= 1.0 / self.nbar
-        out = np.empty((len(pos), 3))
-        for d in range(3):
-            out[:, d] = pm.readout(pm.c2r(self.kernels[d] * delta_k), pos, layout=layout)
-        return out
+        forces = [pm.c2r(self.kernels[d] * delta_k) for d in range(3)]
+        return pm.readout(forces, pos, layout=layout)
 
 
-def kick(state, force, a_i, a_c, a_f, growth, omega_m):
-    """p += 1.5 Omega_m F(a_c) * kick_factor(a_i, a_c, a_f)."""
-    state.mom += (1.5 * omega_m * growth.kick_factor(a_i, a_c, a_f)) * force
+def kick(state, force, factor, omega_m):
+    """p += 1.5 Omega_m F(a_c) * factor, with factor = growth.kick_factor(a_i, a_c, a_f)."""
+    axpy(state.mom, 1.5 * omega_m * float(factor), force)
 
 
-def drift(state, a_i, a_c, a_f, growth, boxsize):
-    """x += p(a_c) * drift_factor(a_i, a_c, a_f), wrapped into the box."""
-    state.pos += growth.drift_factor(a_i, a_c, a_f) * state.mom
-    np.mod(state.pos, boxsize, out=state.pos)
-    state.pos[state.pos >= boxsize] = 0.0
+def drift(state, factor, a_f, boxsize):
+    """x += p(a_c) * factor, wrapped into the box; factor = growth.drift_factor(a_i, a_c, a_f)."""
+    drift_wrap(state.pos, state.mom, float(factor), float(boxsize))
     state.a = a_f
 
 
@@ -104,14 +106,19 @@ def run_fastpm(state, solver, growth, omega_m, a_end, steps, progress=None):
     """
     boxsize = solver.pm.BoxSize
     a = time_steps(state.a, a_end, steps)
+    a0, a1 = a[:-1], a[1:]
+    ah = 0.5 * (a0 + a1)
+    first_kick = growth.kick_factor(a0, a0, ah)
+    drifts = growth.drift_factor(a0, ah, a1)
+    second_kick = growth.kick_factor(ah, a1, a1)
     force = solver.force(state.pos)
+    kick(state, force, first_kick[0], omega_m)
     for n in range(steps):
-        a0, a1 = a[n], a[n + 1]
-        ah = 0.5 * (a0 + a1)
-        kick(state, force, a0, a0, ah, growth, omega_m)
-        drift(state, a0, ah, a1, growth, boxsize)
+        drift(state, drifts[n], a1[n], boxsize)
         force = solver.force(state.pos)
-        kick(state, force, ah, a1, a1, growth, omega_m)
+        # the closing kick of step n and the opening kick of step n + 1 share F(a_n+1)
+        closing = second_kick[n] + (first_kick[n + 1] if n + 1 < steps else 0.0)
+        kick(state, force, closing, omega_m)
         if progress is not None:
             progress(n + 1, a1)
     return state
