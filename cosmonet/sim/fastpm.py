@@ -120,5 +120,5 @@ def run_fastpm(state, solver, growth, omega_m, a_end, steps, progress=None):
         closing = second_kick[n] + (first_kick[n + 1] if n + 1 < steps else 0.0)
         kick(state, force, closing, omega_m)
         if progress is not None:
-            progress(n + 1, a1)
+            progress(n + 1, float(a1[n]))
     return state
