@@ -115,6 +115,7 @@ def machine_info(comm=None):
         "versions": {d: version_of(d) for d in ("numpy", "scipy", "mpi4py", "mpi4py-fft", "numba", "pyccl",
                                                  "cosmonet")},
         "git": git_state(),
+        "load_average_1_5_15min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                                                "NUMBA_NUM_THREADS") if os.environ.get(k) is not None},
     }
@@ -125,7 +126,7 @@ def machine_info(comm=None):
     return info
 
 
-def make_timers():
+def make_timers(faults=False):
     """A :class:`cosmonet.timing.Timers` that also books each timer under its parent.
 
     Time of "fft" spent inside "lpt" is added to ``totals["fft@lpt"]`` as well, so that the
@@ -157,7 +158,27 @@ def make_timers():
                     self.counts[f"{name}@{parent}"] += 1
                 self.marks[name] = t1
 
-    return NestedTimers()
+    class FaultTimers(NestedTimers):
+        """Also counts minor page faults and system CPU time under each timer (diagnostics)."""
+
+        def __init__(self):
+            super().__init__()
+            self.faults = {}
+
+        @contextmanager
+        def __call__(self, name):
+            import resource
+            r0 = resource.getrusage(resource.RUSAGE_SELF)
+            with super().__call__(name):
+                yield
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            parent = self.stack[-1] if self.stack else None
+            for key in (name,) + ((f"{name}@{parent}",) if parent else ()):
+                f = self.faults.setdefault(key, {"minor_page_faults": 0, "sys_s": 0.0})
+                f["minor_page_faults"] += r1.ru_minflt - r0.ru_minflt
+                f["sys_s"] += r1.ru_stime - r0.ru_stime
+
+    return FaultTimers() if faults else NestedTimers()
 
 
 @contextmanager
@@ -197,6 +218,24 @@ def peak_rss_mib(comm):
     mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
     from mpi4py import MPI
     return {"max_rank": comm.allreduce(mib, op=MPI.MAX), "sum_ranks": comm.allreduce(mib, op=MPI.SUM)}
+
+
+def rusage_snapshot():
+    import resource
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return {"user_s": r.ru_utime, "sys_s": r.ru_stime, "minor_page_faults": r.ru_minflt,
+            "involuntary_context_switches": r.ru_nivcsw}
+
+
+def rusage_delta(comm, before, n_runs, wall):
+    """CPU time, page faults and preemptions of a timed section, per run; max over ranks."""
+    after = rusage_snapshot()
+    out = {k: allmax(comm, (after[k] - before[k]) / n_runs) for k in before}
+    out["wall_s"] = wall / n_runs
+    out["note"] = ("per timed run, from getrusage (slowest rank); sys_s and minor_page_faults show "
+                   "first-touch cost of freshly allocated arrays; involuntary context switches show "
+                   "competition for the cores")
+    return out
 
 
 def allmax(comm, x):
@@ -272,6 +311,7 @@ def fft_floor(comm, box, kinds, repeats):
         cplx = pm.r2c(real)
         pm.c2r(cplx)  # touch everything once
         t_r2c, t_c2r = [], []
+        ru0 = rusage_snapshot()
         for _ in range(repeats):
             comm.Barrier()
             t0 = time.perf_counter()
@@ -283,12 +323,15 @@ def fft_floor(comm, box, kinds, repeats):
             t2 = time.perf_counter()
             t_r2c.append(allmax(comm, t1 - t0))
             t_c2r.append(allmax(comm, t2 - t1))
+        ru1 = rusage_snapshot()
         r2c_s, c2r_s = statistics.median(t_r2c), statistics.median(t_c2r)
         out[mesh_label(nmesh, dtname)] = {
             "r2c_calls": n["r2c"], "c2r_calls": n["c2r"],
             "seconds": r2c_s + c2r_s,
             "r2c_ms_per_call": 1e3 * r2c_s / max(n["r2c"], 1),
             "c2r_ms_per_call": 1e3 * c2r_s / max(n["c2r"], 1),
+            "minor_page_faults_per_loop": allmax(comm, (ru1["minor_page_faults"] - ru0["minor_page_faults"])
+                                                 / repeats),
         }
     return out
 
@@ -340,6 +383,28 @@ def rest_diagnostics(comm, cfg, repeats=5):
         "gravity_solver_init_s": med(lambda: GravitySolver(pm_force, cfg.nc ** 3)),
         "note": "measured separately (median of %d); these run inside every run_simulation call and "
                 "are part of 'rest'" % repeats,
+    }
+
+
+def first_touch_run(comm, cfg):
+    """One simulation with timers that also count minor page faults and system CPU time."""
+    from cosmonet.sim.simulation import run_simulation
+    timers = make_timers(faults=True)
+    ru0 = rusage_snapshot()
+    comm.Barrier()
+    t0 = time.perf_counter()
+    run_simulation(cfg, comm, timers=timers)
+    wall = time.perf_counter() - t0
+    ru1 = rusage_snapshot()
+    return {
+        "wall_s": allmax(comm, wall),
+        "minor_page_faults": allmax(comm, ru1["minor_page_faults"] - ru0["minor_page_faults"]),
+        "sys_s": allmax(comm, ru1["sys_s"] - ru0["sys_s"]),
+        "by_timer": {k: {"minor_page_faults": allmax(comm, v["minor_page_faults"]),
+                         "sys_s": allmax(comm, v["sys_s"])} for k, v in sorted(timers.faults.items())},
+        "note": "one extra simulation (seed %d) with getrusage around every timer (slowest rank); "
+                "'fft@lpt' is the part of 'fft' inside 'lpt'; a minor page fault is the first touch of "
+                "a 4 KiB page of freshly allocated memory" % cfg.seed,
     }
 
 
@@ -404,6 +469,7 @@ def run_d3m(args, comm):
     # Timed simulations.
     totals, splits, fft_calls = [], [], []
     calls = None
+    ru0, tw0 = rusage_snapshot(), time.perf_counter()
     for i in range(repeats):
         cfg = SimConfig(nc=nc, box=box, steps=steps, boost=args.boost, seed=1 + i)
         timers = make_timers()
@@ -421,8 +487,12 @@ def run_d3m(args, comm):
         fft_calls.append(timers.counts.get("fft", 0))
         calls = {k: timers.counts[k] for k in sorted(timers.counts) if "@" not in k}
         log(comm, f"run {i + 1}/{repeats} (seed {cfg.seed}): {total:.4f} s")
+    ru = rusage_delta(comm, ru0, repeats, time.perf_counter() - tw0)
     per_sim = statistics.median(totals)
-    split = median_dict(splits)  # split["total"] is per_sim
+    order = sorted(range(repeats), key=lambda i: totals[i])
+    median_run = order[(repeats - 1) // 2]  # lower median for an even number of runs
+    split = splits[median_run]
+    split_component_medians = median_dict(splits)
 
     # FFT floor: the same transforms, bare, with ParticleMesh's own r2c/c2r.
     log(comm, "timing the FFT floor")
@@ -442,16 +512,21 @@ def run_d3m(args, comm):
     del pmf
 
     diag = rest_diagnostics(comm, cfg0)
+    log(comm, "first-touch diagnostics run")
+    touch = first_touch_run(comm, SimConfig(nc=nc, box=box, steps=steps, boost=args.boost, seed=repeats + 1))
 
     counts_out = {mesh_label(k[0], k[1]): dict(v) for k, v in sorted(kinds.items())}
     counts_out["total"] = n_fft_counted
     counts_out["timers_fft_calls_per_sim"] = sorted(set(fft_calls))
     counts_out["matches_timers"] = all(c == n_fft_counted for c in fft_calls)
+    if not counts_out["matches_timers"]:
+        log(comm, "WARNING: ParticleMesh.r2c/c2r calls (%d) differ from the 'fft' timer's calls %s; the "
+                  "FFT floor covers only r2c/c2r calls" % (n_fft_counted, sorted(set(fft_calls))))
     expected = {mesh_label(*force_kind): {"r2c": steps + 1, "c2r": 3 * (steps + 1)},
                 mesh_label(*lpt_kind): {"r2c": 2, "c2r": 12}}
     counts_out["expected_from_code"] = expected
 
-    frac = {k: v / per_sim for k, v in split.items() if k != "total"}
+    frac = {k: v / split["total"] for k, v in split.items() if k != "total"}
     result = {
         "benchmark": "cosmonet benchmarks/bench_sim.py",
         "case": "d3m",
@@ -472,10 +547,14 @@ def run_d3m(args, comm):
         "fft_pair_force_mesh": pm_force_pair,
         "fft_counts_per_sim": counts_out,
         "fft_floor_breakdown": floor,
+        "fft_in_sim_over_floor": split["fft"] / floor_s,
         "split_seconds": split,
         "split_fraction_of_total": frac,
+        "split_seconds_component_medians": split_component_medians,
         "split_notes": (
-            "median over the timed runs of each component (slowest rank); 'fft' = all "
+            "split_seconds: the split of the median run (run %d, seed %d; components add up to its "
+            "total); split_seconds_component_medians: the median over runs of each component "
+            "separately (does not add up exactly); slowest rank's timers; 'fft' = all "
             "ParticleMesh.r2c/c2r time = fft_force_mesh + fft_lpt_mesh; 'lpt_excluding_fft' = the "
             "'lpt' timer minus the FFTs nested in it (separated exactly: " +
             ("all LPT-mesh transforms run inside 'lpt' and no force-mesh one does" if lpt_only_inside else
@@ -483,14 +562,16 @@ def run_d3m(args, comm):
              "inside 'lpt'") +
             "); 'setup' = growth tables; 'rest' = total - (fft + paint + readout + lpt_excluding_fft + "
             "setup): ParticleMesh/FFTW plan construction, GravitySolver kernels, kick/drift, "
-            "decompose, output fields, Python overhead"),
+            "decompose, output fields, Python overhead") % (median_run + 1, median_run + 1),
         "calls_per_sim": calls,
         "rest_diagnostics": diag,
+        "rusage_per_sim": ru,
+        "first_touch_diagnostics": touch,
         "peak_rss_mib": peak_rss_mib(comm),
     }
     if args.profile:
         log(comm, "profiling one simulation")
-        cfgp = SimConfig(nc=nc, box=box, steps=steps, boost=args.boost, seed=repeats + 1)
+        cfgp = SimConfig(nc=nc, box=box, steps=steps, boost=args.boost, seed=repeats + 2)
         result["profile"] = profile_one(comm, cfgp, args.profile)
     return result
 
@@ -515,6 +596,7 @@ def run_nc128(args, comm):
     log(comm, f"warm-up (small simulation): {time.perf_counter() - t0:.2f} s")
 
     runs = []
+    ru0, tw0 = rusage_snapshot(), time.perf_counter()
     for i in range(repeats):
         c = SimConfig(nc=nc, box=box, steps=steps, boost=args.boost, seed=7 + i)
         timers = make_timers()
@@ -543,6 +625,7 @@ def run_nc128(args, comm):
                   f"(steady {run['seconds_per_step_steady']:.3f}), total {run['total_seconds']:.2f} s")
         del timers
 
+    ru = rusage_delta(comm, ru0, repeats, time.perf_counter() - tw0)
     log(comm, f"timing {cfg.force_nmesh}^3 float32 r2c+c2r pairs")
     t0 = time.perf_counter()
     pm = ParticleMesh(cfg.force_nmesh, box, comm, dtype=np.float32)
@@ -583,6 +666,7 @@ def run_nc128(args, comm):
         "fft_flop_convention": FLOP_CONVENTION,
         "fft_plan_seconds": plan_s,
         "particle_mesh_fft_backend": backend,
+        "rusage_per_run": ru,
         "peak_rss_mib": peak_rss_mib(comm),
     }
 
@@ -595,7 +679,6 @@ def run_scaling(args):
     env = dict(os.environ)
     env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
     env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-    env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
     passthrough = ["--case", "nc128", "--boost", str(args.boost), "--floor-repeats", str(args.floor_repeats),
                    "--fft-pairs", str(args.fft_pairs)]
     for opt in ("nc", "box", "steps", "repeats"):
@@ -650,7 +733,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=None, help="FastPM steps (default: d3m 10, nc128 5)")
     p.add_argument("--nc", type=int, default=None, help="particles per side (default: d3m 32, nc128 128)")
     p.add_argument("--box", type=float, default=None, help="box side Mpc/h (default: d3m 128, nc128 4*nc)")
-    p.add_argument("--boost", type=float, default=2, help="force mesh = boost * nc (default 2)")
+    p.add_argument("--boost", type=float, default=2.0, help="force mesh = boost * nc (default 2)")
     p.add_argument("--floor-repeats", type=int, default=7,
                    help="repeats of each FFT timing loop; the median is reported (default 7)")
     p.add_argument("--fft-pairs", type=int, default=3,

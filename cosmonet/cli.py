@@ -80,7 +80,8 @@ def cmd_run_sim(args):
                     a_start=args.a_start, a_final=args.a_final, cosmology=cosmo)
     _collective_check(comm, lambda: check_writable_dir(args.out))
     if args.linear_field is not None:
-        _collective_check(comm, lambda: _check_linear_field(args.linear_field, cfg.nc))
+        from .sim.linear import open_linear_field
+        _collective_check(comm, lambda: open_linear_field(args.linear_field, cfg.nc))
     t0 = time.perf_counter()
 
     def progress(step, a):
@@ -99,16 +100,6 @@ def cmd_run_sim(args):
                           "timers": {k: round(v["seconds"], 4)
                                      for k, v in result.timers.as_dict().items()}}))
     return 0
-
-
-def _check_linear_field(path, nc):
-    import numpy as np
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"--linear-field {path}: cannot read as a .npy array ({exc})") from None
-    if arr.shape != (nc, nc, nc):
-        raise InputError(f"--linear-field {path}: shape {arr.shape}, expected ({nc}, {nc}, {nc})")
 
 
 # --------------------------------------------------------------------------- power
@@ -140,6 +131,9 @@ def _read_positions(path, name, comm):
             raise InputError(f"{path} has no field '{name}' (has: "
                              f"{', '.join(sorted(k for k in f.keys() if f'{k}/disp' in f))})")
         attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        missing = [k for k in ("nc", "box_size") if k not in attrs]
+        if missing:
+            raise InputError(f"{path} is not a cosmonet simulation file (no '{missing[0]}' attribute)")
         nc, box = int(attrs["nc"]), float(attrs["box_size"])
         rows = np.array_split(np.arange(nc), comm.size)[comm.rank]
         lo, hi = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 0)
@@ -175,6 +169,8 @@ def cmd_power(args):
     else:
         res = binned_power(pm, a_k)
         res.pop("edges")
+    if len(res["k"]) == 0:
+        raise InputError(f"no k bin below the Nyquist frequency holds a mode: --nmesh {nmesh} is too small")
     out = {key: np.asarray(v).tolist() for key, v in res.items()}
     out.update(field=args.field, second=args.second, nmesh=nmesh, box_size=box,
                shotnoise=box ** 3 / nc ** 3, compensation=args.compensation,

@@ -87,9 +87,9 @@ class Cosmology:
     @classmethod
     def from_string(cls, text: str) -> "Cosmology":
         """``"planck15"``, ``"Omega_m=0.3,sigma8=0.8"`` (overrides on planck15) or ``"planck15,h=0.7"``."""
-        if not isinstance(text, str) or not text.strip():
+        tokens = [t.strip() for t in text.split(",") if t.strip()] if isinstance(text, str) else []
+        if not tokens:
             raise InputError(f"empty cosmology specification {text!r}")
-        tokens = [t.strip() for t in text.split(",") if t.strip()]
         base = _PRESETS["planck15"]
         if "=" not in tokens[0]:
             name = tokens.pop(0)

@@ -336,7 +336,7 @@ def test_run_sim_options_cosmology_a_start_linear_field(sims):
 
 
 def test_run_sim_smallest_nc(sims):
-    """nc = 2 passes validation (nc >= 2), so it must run, or at worst fail cleanly."""
+    """nc = 2 passes validation (nc >= 2), so it must run (it crashed in mpi4py_fft once)."""
     proc, d = sims["nc2"]
     assert "Traceback" not in proc.stderr, _describe(proc)
     _assert_ok(proc)

@@ -8,9 +8,12 @@ from ..errors import InputError
 
 def check_writable_dir(path):
     """Raise :class:`InputError` unless the directory that will hold ``path`` is writable."""
+    if os.path.isdir(path):
+        raise InputError(f"output path {path} is a directory, expected a file name")
     d = os.path.dirname(os.path.abspath(path)) or "."
     if not os.path.isdir(d):
-        raise InputError(f"output directory {d} does not exist")
+        what = "is not a directory" if os.path.exists(d) else "does not exist"
+        raise InputError(f"output directory {d} {what}")
     if not os.access(d, os.W_OK | os.X_OK):
         raise InputError(f"output directory {d} is not writable")
     try:
@@ -30,6 +33,9 @@ def atomic_path(path):
     d = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=d)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600; give the usual permissions
     try:
         yield tmp
         with open(tmp, "rb+") as fh:

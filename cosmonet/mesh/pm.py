@@ -36,10 +36,12 @@ class ParticleMesh:
         self.Nmesh = int(Nmesh)
         self.BoxSize = float(BoxSize)
         self.dtype = np.dtype(dtype)
-        if self.Nmesh < max(2, self.comm.size):
+        # mpi4py-fft cannot split a 2^3 mesh; one rank uses scipy and takes any N >= 2
+        need = 2 if self.comm.size == 1 else max(3, self.comm.size)
+        if self.Nmesh < need:
             raise InputError(
                 f"mesh of {self.Nmesh}^3 cannot be split over {self.comm.size} ranks "
-                "(need Nmesh >= number of ranks and >= 2)")
+                f"(need at least {need} cells per side)")
         if self.BoxSize <= 0:
             raise InputError(f"box size must be > 0 Mpc/h (got {BoxSize})")
         N = self.Nmesh

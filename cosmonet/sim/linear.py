@@ -36,21 +36,29 @@ def linear_density_k(pm, seed, power):
     return noise_k * amplitude
 
 
+def open_linear_field(path, nc):
+    """Memory-map a user's real-space delta_lin at a = 1 and check it: a ``.npy`` float
+    array of shape (nc, nc, nc). Raises :class:`InputError` with one line otherwise."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"--linear-field {path}: cannot read as a .npy array ({exc})") from None
+    if not isinstance(arr, np.ndarray):
+        raise InputError(f"--linear-field {path}: not a single .npy array (an .npz archive?)")
+    if arr.shape != (nc, nc, nc):
+        raise InputError(f"--linear-field {path}: shape {arr.shape}, expected ({nc}, {nc}, {nc}) "
+                         "(real-space delta_lin at a = 1 on the nc^3 particle grid)")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise InputError(f"--linear-field {path}: dtype {arr.dtype}, expected a float array")
+    return arr
+
+
 def load_linear_field(path, pm):
     """Read a user's real-space delta_lin at a = 1 (``.npy``, shape (nc, nc, nc)).
 
     Each rank reads only its slab (memory-mapped). Returns the local complex slab.
     """
-    N = pm.Nmesh
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"--linear-field {path}: cannot read as a .npy array ({exc})") from None
-    if arr.shape != (N, N, N):
-        raise InputError(f"--linear-field {path}: shape {arr.shape}, expected ({N}, {N}, {N}) "
-                         "(real-space delta_lin at a = 1 on the nc^3 particle grid)")
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise InputError(f"--linear-field {path}: dtype {arr.dtype}, expected a float array")
+    arr = open_linear_field(path, pm.Nmesh)
     local = np.asarray(arr[pm.x0:pm.x1], dtype=np.float64)
     if not np.all(np.isfinite(local)):
         raise InputError(f"--linear-field {path}: contains NaN or infinite values")
