@@ -191,12 +191,67 @@ def cmd_power(args):
     return 0
 
 
+# --------------------------------------------------------------------------- simulate / verify
+def _add_simulate(sub):
+    p = sub.add_parser("simulate", help="a campaign of simulations from a YAML config (resumable)")
+    p.add_argument("config", help="campaign YAML (see configs/)")
+    p.add_argument("--out", default=None, help="output directory (overrides the config's out)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set n_sims=40 --set cosmology.lhs_seed=3")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_simulate)
+
+
+def cmd_simulate(args):
+    from .campaign_runner import prepare_directory, run_campaign
+    from .config import load_config
+
+    comm = _comm()
+    holder = {}
+
+    def load_and_prepare():
+        holder["cfg"] = load_config(args.config, args.overrides, out=args.out)
+        prepare_directory(holder["cfg"])
+
+    _collective_check(comm, load_and_prepare)
+    cfg = comm.bcast(holder.get("cfg"), root=0)
+    summary = run_campaign(cfg, comm, show_progress=not args.quiet)
+    if comm.rank == 0:
+        print(json.dumps(summary))
+    return 0
+
+
+def _add_verify(sub):
+    p = sub.add_parser("verify", help="check a campaign directory: missing, corrupt, duplicate shards")
+    p.add_argument("dir", help="campaign output directory")
+    p.set_defaults(func=cmd_verify)
+
+
+def cmd_verify(args):
+    from .campaign_runner import verify_campaign
+    if _comm().rank != 0:
+        return 0
+    report = verify_campaign(args.dir)
+    print(json.dumps(report))
+    if not report["ok"]:
+        problems = [f"{k}: {report[k]}" for k in ("missing", "corrupt", "duplicates", "unrecorded") if report[k]]
+        if report["present"] != report["n_sims"]:
+            problems.append(f"{report['present']} of {report['n_sims']} simulations present")
+        if not report["manifest"]:
+            problems.append("no manifest.json (the run did not finish)")
+        print(f"cosmonet verify: {args.dir} has problems: " + "; ".join(problems), file=sys.stderr)
+        return 1
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 def build_parser():
     parser = _Parser(prog="cosmonet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run_sim(sub)
     _add_power(sub)
+    _add_simulate(sub)
+    _add_verify(sub)
     return parser
 
 

@@ -12,7 +12,6 @@ Root attributes: ``box_size`` (Mpc/h), ``nc``, ``a_final``, ``a_start``, ``steps
 or empty), ``code_version``.
 """
 import h5py
-import numpy as np
 
 from .. import __version__
 from .atomic import atomic_path
@@ -26,12 +25,9 @@ def write_simulation(path, result, extra_attrs=None):
     Collective over the result's communicator. The file appears under ``path`` only once
     complete.
     """
+    from ..sim.simulation import gather_fields
     pm = result.pm
-    full = {}
-    for name, local in result.fields.items():
-        parts = pm.comm.gather(local, root=0)
-        if pm.comm.rank == 0:
-            full[name] = np.concatenate(parts, axis=1)
+    full = gather_fields(result)
     if pm.comm.rank == 0:
         attrs = dict(result.config.attrs())
         attrs["code_version"] = __version__

@@ -129,3 +129,28 @@ def run_simulation(cfg, comm, linear_field=None, timers=None, progress=None, fie
     if fields is not None:
         out = {k: v for k, v in out.items() if k in fields}
     return SimResult(fields=out, pm=pm, config=cfg, timers=timers)
+
+
+def gather_fields(result, root=0):
+    """Full (3, nc, nc, nc) arrays of every field on ``root`` of the result's communicator
+    (an empty dict elsewhere). Collective."""
+    comm = result.pm.comm
+    full = {}
+    for name, local in result.fields.items():
+        parts = comm.gather(local, root=root)
+        if comm.rank == root:
+            full[name] = np.concatenate(parts, axis=1)
+    return full
+
+
+def density_contrast(result, nmesh, root=0):
+    """CIC density contrast of the FastPM particles on an ``nmesh``^3 mesh, (1, M, M, M)
+    float32 on ``root`` (None elsewhere). Needs ``fastpm/disp`` in the result. Collective."""
+    cfg = result.config
+    pm_d = ParticleMesh(nmesh, cfg.box, result.pm.comm, dtype=np.float32, timers=result.timers)
+    disp = result.fields["fastpm/disp"].reshape(3, -1).T
+    pos = np.mod(lagrangian_positions(result.pm) + disp, cfg.box)
+    rho = pm_d.paint(pos)
+    delta = rho * (nmesh ** 3 / cfg.nc ** 3) - 1.0
+    full = pm_d.gather_real(delta.astype(np.float32), root=root)
+    return None if full is None else full[None]
