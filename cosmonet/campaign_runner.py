@@ -16,6 +16,7 @@ from mpi4py import MPI
 
 from .errors import InputError
 from .io import shards as shardio
+from .mesh import clear_mesh_cache
 from .sim.campaign import plan
 from .sim.simulation import SimConfig, density_contrast, gather_fields, run_simulation
 
@@ -163,6 +164,7 @@ def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
     totals = comm.reduce(np.array([t_sim, t_io, n_mine]), op=MPI.SUM, root=0)
     done_now = counters.read(1)
     counters.free()
+    clear_mesh_cache(group)
     group.Free()
     if comm.rank != 0:
         return None

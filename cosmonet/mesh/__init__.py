@@ -1,5 +1,5 @@
 """Distributed periodic meshes: FFTs, CIC paint/readout, particle exchange."""
 from .layout import Layout
-from .pm import ParticleMesh
+from .pm import ParticleMesh, clear_mesh_cache, get_mesh
 
-__all__ = ["Layout", "ParticleMesh"]
+__all__ = ["Layout", "ParticleMesh", "clear_mesh_cache", "get_mesh"]

@@ -68,11 +68,14 @@ def _corner_weights(pos, p, scale, n, x0):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _interp(a, b, iy, jy, iz, jz, w00, w01, w10, w11, dx):
-    """Trilinear value between plane ``a`` (lower x) and plane ``b`` (upper x)."""
-    va = w00 * a[iy, iz] + w01 * a[iy, jz] + w10 * a[jy, iz] + w11 * a[jy, jz]
-    vb = w00 * b[iy, iz] + w01 * b[iy, jz] + w10 * b[jy, iz] + w11 * b[jy, jz]
-    return (1.0 - dx) * va + dx * vb
+def _plane(f, lx, iy, jy, iz, jz, w00, w01, w10, w11):
+    """Bilinear value on plane ``lx`` of the 3D array ``f`` (direct indexing, no views)."""
+    return w00 * f[lx, iy, iz] + w01 * f[lx, iy, jz] + w10 * f[lx, jy, iz] + w11 * f[lx, jy, jz]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _ghost(g, iy, jy, iz, jz, w00, w01, w10, w11):
+    return w00 * g[iy, iz] + w01 * g[iy, jz] + w10 * g[jy, iz] + w11 * g[jy, jz]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -85,8 +88,12 @@ def readout_slab(pos, field, ghost, x0, boxsize, out):
     scale = n / boxsize
     for p in range(pos.shape[0]):
         lx, dx, iy, jy, iz, jz, w00, w01, w10, w11 = _corner_weights(pos, p, scale, n, x0)
-        upper = field[lx + 1] if lx + 1 < nx else ghost
-        out[p] = _interp(field[lx], upper, iy, jy, iz, jz, w00, w01, w10, w11, dx)
+        lo = _plane(field, lx, iy, jy, iz, jz, w00, w01, w10, w11)
+        if lx + 1 < nx:
+            hi = _plane(field, lx + 1, iy, jy, iz, jz, w00, w01, w10, w11)
+        else:
+            hi = _ghost(ghost, iy, jy, iz, jz, w00, w01, w10, w11)
+        out[p] = (1.0 - dx) * lo + dx * hi
 
 
 @numba.njit(cache=True, nogil=True)
@@ -99,13 +106,20 @@ def readout_slab3(pos, f0, f1, f2, g0, g1, g2, x0, boxsize, out):
     scale = n / boxsize
     for p in range(pos.shape[0]):
         lx, dx, iy, jy, iz, jz, w00, w01, w10, w11 = _corner_weights(pos, p, scale, n, x0)
+        lo0 = _plane(f0, lx, iy, jy, iz, jz, w00, w01, w10, w11)
+        lo1 = _plane(f1, lx, iy, jy, iz, jz, w00, w01, w10, w11)
+        lo2 = _plane(f2, lx, iy, jy, iz, jz, w00, w01, w10, w11)
         if lx + 1 < nx:
-            u0, u1, u2 = f0[lx + 1], f1[lx + 1], f2[lx + 1]
+            hi0 = _plane(f0, lx + 1, iy, jy, iz, jz, w00, w01, w10, w11)
+            hi1 = _plane(f1, lx + 1, iy, jy, iz, jz, w00, w01, w10, w11)
+            hi2 = _plane(f2, lx + 1, iy, jy, iz, jz, w00, w01, w10, w11)
         else:
-            u0, u1, u2 = g0, g1, g2
-        out[p, 0] = _interp(f0[lx], u0, iy, jy, iz, jz, w00, w01, w10, w11, dx)
-        out[p, 1] = _interp(f1[lx], u1, iy, jy, iz, jz, w00, w01, w10, w11, dx)
-        out[p, 2] = _interp(f2[lx], u2, iy, jy, iz, jz, w00, w01, w10, w11, dx)
+            hi0 = _ghost(g0, iy, jy, iz, jz, w00, w01, w10, w11)
+            hi1 = _ghost(g1, iy, jy, iz, jz, w00, w01, w10, w11)
+            hi2 = _ghost(g2, iy, jy, iz, jz, w00, w01, w10, w11)
+        out[p, 0] = (1.0 - dx) * lo0 + dx * hi0
+        out[p, 1] = (1.0 - dx) * lo1 + dx * hi1
+        out[p, 2] = (1.0 - dx) * lo2 + dx * hi2
 
 
 @numba.njit(cache=True, nogil=True)

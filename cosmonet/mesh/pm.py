@@ -7,12 +7,12 @@ the y axis. The forward transform is normalised by ``1 / N^3`` so that a density
 contrast ``delta(x)`` has ``<|delta_k|^2> = P(k) / V``, as in nbodykit.
 """
 import numpy as np
-import scipy.fft
 from mpi4py import MPI
 
 from ..errors import InputError
 from ..timing import Timers
 from . import cic
+from .fft import slab_fft
 from .layout import Layout
 
 
@@ -36,7 +36,7 @@ class ParticleMesh:
         self.Nmesh = int(Nmesh)
         self.BoxSize = float(BoxSize)
         self.dtype = np.dtype(dtype)
-        # mpi4py-fft cannot split a 2^3 mesh; one rank uses scipy and takes any N >= 2
+        # mpi4py-fft cannot split a 2^3 mesh; one rank plans FFTW directly and takes any N >= 2
         need = 2 if self.comm.size == 1 else max(3, self.comm.size)
         if self.Nmesh < need:
             raise InputError(
@@ -45,17 +45,10 @@ class ParticleMesh:
         if self.BoxSize <= 0:
             raise InputError(f"box size must be > 0 Mpc/h (got {BoxSize})")
         N = self.Nmesh
-        if self.comm.size == 1:
-            # one rank: pocketfft through scipy, as fast as FFTW at these sizes and
-            # without mpi4py-fft's (no-op) redistribution copies
-            self.fft = None
-            rs = (slice(0, N),) * 3
-            cs = (slice(0, N), slice(0, N), slice(0, N // 2 + 1))
-        else:
-            from mpi4py_fft import PFFT
-            self.fft = PFFT(self.comm, (N, N, N), axes=(0, 1, 2), dtype=self.dtype, grid=(-1,))
-            rs = self.fft.local_slice(False)
-            cs = self.fft.local_slice(True)
+        self.fft = slab_fft(self.comm, N, self.dtype)
+        rs, cs = self.fft.real_slice, self.fft.complex_slice
+        self.cache = {}     # derived arrays (kernels...) that users of this mesh keep
+        self._paint_buffer = None
         self.real_slice = rs
         self.complex_slice = cs
         self.x0, self.x1 = rs[0].start, rs[0].stop
@@ -127,22 +120,35 @@ class ParticleMesh:
     def create_real(self, value=0.0):
         return np.full(self.real_shape, value, dtype=self.dtype)
 
-    def r2c(self, real):
-        """Forward FFT of a local real slab, normalised by 1/N^3 (nbodykit convention)."""
-        with self.timers("fft"):
-            if self.fft is None:
-                return scipy.fft.rfftn(np.asarray(real, dtype=self.dtype), norm="forward", workers=1)
-            return np.array(self.fft.forward(np.asarray(real, dtype=self.dtype), normalize=True),
-                            copy=True)
+    def r2c(self, real, out=None):
+        """Forward FFT of a local real slab, normalised by 1/N^3 (nbodykit convention).
 
-    def c2r(self, cplx):
-        """Inverse FFT (no normalisation): ``c2r(r2c(f)) == f``."""
+        Returns a new array, or fills ``out``.
+        """
         with self.timers("fft"):
-            if self.fft is None:
-                return scipy.fft.irfftn(cplx, s=self.real_shape, norm="forward", workers=1)
-            inp = self.fft.forward.output_array
-            inp[...] = cplx
-            return np.array(self.fft.backward(inp), copy=True)
+            self.fft.fwd_in[...] = real
+            self.fft.forward()
+            if out is None:
+                return self.fft.fwd_out.copy()
+            out[...] = self.fft.fwd_out
+            return out
+
+    def c2r(self, cplx, out=None, kernel=None):
+        """Inverse FFT (no normalisation): ``c2r(r2c(f)) == f``.
+
+        With ``kernel``, transforms ``kernel * cplx`` without a temporary. Returns a new
+        array, or fills ``out``.
+        """
+        with self.timers("fft"):
+            if kernel is None:
+                self.fft.bwd_in[...] = cplx
+            else:
+                np.multiply(kernel, cplx, out=self.fft.bwd_in)
+            self.fft.backward()
+            if out is None:
+                return self.fft.bwd_out.copy()
+            out[...] = self.fft.bwd_out
+            return out
 
     # ------------------------------------------------------------------ particles
     def decompose(self, pos):
@@ -156,16 +162,17 @@ class ParticleMesh:
     def _neighbours(self):
         return (self.comm.rank + 1) % self.comm.size, (self.comm.rank - 1) % self.comm.size
 
-    def paint(self, pos, mass=None, layout=None):
+    def paint(self, pos, mass=None, layout=None, out=None):
         """CIC-paint local particles into a real field (particle count per cell).
 
         ``pos`` (n, 3) in Mpc/h, any rank; ``mass`` per-particle weights (default 1);
-        ``layout`` from :meth:`decompose` (computed when not given).
+        ``layout`` from :meth:`decompose` (computed when not given); ``out``: a real
+        field to fill instead of returning a new one.
         """
         with self.timers("paint"):
-            return self._paint(pos, mass, layout)
+            return self._paint(pos, mass, layout, out)
 
-    def _paint(self, pos, mass, layout):
+    def _paint(self, pos, mass, layout, out):
         pos = np.asarray(pos, dtype=np.float64)
         if layout is None:
             layout = self.decompose(pos)
@@ -174,7 +181,10 @@ class ParticleMesh:
         opos = layout.exchange(pos)
         omass = layout.exchange(np.ascontiguousarray(mass))
         nx = self.real_shape[0]
-        slab = np.zeros((nx + 1, self.Nmesh, self.Nmesh), dtype=np.float64)
+        if self._paint_buffer is None:
+            self._paint_buffer = np.zeros((nx + 1, self.Nmesh, self.Nmesh), dtype=np.float64)
+        slab = self._paint_buffer
+        slab[...] = 0.0
         cic.paint_slab(opos, omass, slab, self.x0, self.BoxSize)
         up, down = self._neighbours()
         if self.comm.size == 1:
@@ -183,7 +193,10 @@ class ParticleMesh:
             ghost = np.empty_like(slab[0])
             self.comm.Sendrecv(np.ascontiguousarray(slab[nx]), dest=up, recvbuf=ghost, source=down)
             slab[0] += ghost
-        return slab[:nx].astype(self.dtype)
+        if out is None:
+            return slab[:nx].astype(self.dtype)
+        out[...] = slab[:nx]
+        return out
 
     def readout(self, field, pos, layout=None):
         """CIC-interpolate the local real ``field`` at local particle positions (n, 3).
@@ -229,3 +242,27 @@ class ParticleMesh:
         if self.comm.rank != root:
             return None
         return np.concatenate(parts, axis=0)
+
+
+_MESHES = {}
+
+
+def get_mesh(Nmesh, BoxSize, comm, dtype=np.float32, timers=None):
+    """A cached :class:`ParticleMesh` for these arguments (its k-vectors, kernels and
+    buffers are reused by every simulation of a campaign); ``timers`` is attached to it."""
+    key = (comm.py2f(), comm.size, int(Nmesh), float(BoxSize), np.dtype(dtype).str)
+    pm = _MESHES.get(key)
+    if pm is None:
+        pm = _MESHES[key] = ParticleMesh(Nmesh, BoxSize, comm, dtype=dtype)
+    pm.timers = Timers() if timers is None else timers
+    return pm
+
+
+def clear_mesh_cache(comm=None):
+    """Forget cached meshes and FFT plans (of ``comm`` only, when given); call before
+    freeing a communicator."""
+    from .fft import clear_cache
+    for key in list(_MESHES):
+        if comm is None or key[:2] == (comm.py2f(), comm.size):
+            del _MESHES[key]
+    clear_cache(comm)

@@ -57,30 +57,36 @@ class GravitySolver:
     """Long-range PM force on a :class:`~cosmonet.mesh.ParticleMesh` (the force mesh).
 
     F(k) = i D(k) / k^2 delta(k): exact inverse Laplacian, gradient ``D`` from
-    :func:`gradient_wavenumber` (``"fd4"`` default).
+    :func:`gradient_wavenumber` (``"fd4"`` default). Kernels and work buffers live in
+    the mesh's cache, so a cached mesh serves every simulation without reallocating.
     """
 
     def __init__(self, pm, n_particles_total, gradient="fd4"):
         self.pm = pm
         self.nbar = n_particles_total / pm.Nmesh ** 3
-        k2 = pm.k2
-        with np.errstate(divide="ignore"):
-            inv_k2 = np.where(k2 > 0, 1.0 / k2, 0.0)
-        ctype = np.complex64 if pm.dtype == np.float32 else np.complex128
-        self.kernels = []
-        for d in range(3):
-            kd = gradient_wavenumber(pm.gradient_k(d), pm.cell_size, gradient)
-            self.kernels.append((1j * kd * inv_k2).astype(ctype))
+        key = ("gravity", gradient)
+        if key not in pm.cache:
+            k2 = pm.k2
+            with np.errstate(divide="ignore"):
+                inv_k2 = np.where(k2 > 0, 1.0 / k2, 0.0)
+            ctype = np.complex64 if pm.dtype == np.float32 else np.complex128
+            kernels = [(1j * gradient_wavenumber(pm.gradient_k(d), pm.cell_size, gradient) * inv_k2).astype(ctype)
+                       for d in range(3)]
+            buffers = dict(rho=pm.create_real(), delta_k=np.empty(pm.complex_shape, ctype),
+                           forces=[pm.create_real() for _ in range(3)])
+            pm.cache[key] = (kernels, buffers)
+        self.kernels, self._buf = pm.cache[key]
 
     def force(self, pos):
-        """F = i k / k^2 delta at each local particle, shape (n, 3), Mpc/h."""
-        pm = self.pm
+        """F = i D / k^2 delta at each local particle, shape (n, 3), Mpc/h."""
+        pm, buf = self.pm, self._buf
         layout = pm.decompose(pos)
-        rho = pm.paint(pos, layout=layout)
-        delta_k = pm.r2c(rho)
+        pm.paint(pos, layout=layout, out=buf["rho"])
+        delta_k = pm.r2c(buf["rho"], out=buf["delta_k"])
         delta_k *= 1.0 / self.nbar
-        forces = [pm.c2r(self.kernels[d] * delta_k) for d in range(3)]
-        return pm.readout(forces, pos, layout=layout)
+        for d in range(3):
+            pm.c2r(delta_k, out=buf["forces"][d], kernel=self.kernels[d])
+        return pm.readout(buf["forces"], pos, layout=layout)
 
 
 def kick(state, force, factor, omega_m):

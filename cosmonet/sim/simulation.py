@@ -11,7 +11,7 @@ import numpy as np
 from ..cosmology import Cosmology
 from ..errors import InputError
 from ..growth import growth_for
-from ..mesh import ParticleMesh
+from ..mesh import ParticleMesh, get_mesh
 from ..timing import Timers
 from .fastpm import GravitySolver, ParticleState, run_fastpm
 from .linear import linear_density_k, load_linear_field
@@ -99,8 +99,8 @@ def run_simulation(cfg, comm, linear_field=None, timers=None, progress=None, fie
     """
     timers = Timers() if timers is None else timers
     cosmo = cfg.cosmology
-    pm = ParticleMesh(cfg.nc, cfg.box, comm, dtype=np.float64, timers=timers)
-    pm_force = ParticleMesh(cfg.force_nmesh, cfg.box, comm, dtype=np.float32, timers=timers)
+    pm = get_mesh(cfg.nc, cfg.box, comm, dtype=np.float64, timers=timers)
+    pm_force = get_mesh(cfg.force_nmesh, cfg.box, comm, dtype=np.float32, timers=timers)
     with timers("setup"):
         growth = growth_for(cosmo)
     with timers("lpt"):
@@ -147,7 +147,7 @@ def density_contrast(result, nmesh, root=0):
     """CIC density contrast of the FastPM particles on an ``nmesh``^3 mesh, (1, M, M, M)
     float32 on ``root`` (None elsewhere). Needs ``fastpm/disp`` in the result. Collective."""
     cfg = result.config
-    pm_d = ParticleMesh(nmesh, cfg.box, result.pm.comm, dtype=np.float32, timers=result.timers)
+    pm_d = get_mesh(nmesh, cfg.box, result.pm.comm, dtype=np.float32, timers=result.timers)
     disp = result.fields["fastpm/disp"].reshape(3, -1).T
     pos = np.mod(lagrangian_positions(result.pm) + disp, cfg.box)
     rho = pm_d.paint(pos)

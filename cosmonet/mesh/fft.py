@@ -1,0 +1,84 @@
+"""Planned real-to-complex 3D FFTs over x-slabs, with reusable buffers.
+
+One rank: FFTW plans (``FFTW_MEASURE``) from mpi4py-fft's ``fftw`` module on aligned
+buffers. Several ranks: mpi4py-fft's ``PFFT`` with a slab decomposition (real fields split
+along x, complex fields along y). Either way a :class:`SlabFFT` owns four buffers --
+``fwd_in`` (real), ``fwd_out`` (complex), ``bwd_in`` (complex), ``bwd_out`` (real) -- and
+:meth:`forward` / :meth:`backward` transform between them in place. Reusing buffers
+avoids fresh allocations, whose page faults cost as much as the transforms themselves
+at 64^3 (measured: 15,000 faults and 0.04 s of system time per simulation).
+
+Plans are cached per (communicator, N, dtype): planning with FFTW_MEASURE takes tens
+of milliseconds and must not be paid per simulation. Call :func:`clear_cache` before
+freeing a communicator that has cached plans.
+"""
+import numpy as np
+
+_CACHE = {}
+
+
+class SlabFFT:
+    """Forward (normalised by 1/N^3) and backward real FFTs of an N^3 mesh on ``comm``."""
+
+    def __init__(self, comm, N, dtype):
+        self.comm, self.N, self.dtype = comm, int(N), np.dtype(dtype)
+        shape = (self.N,) * 3
+        if comm.size == 1:
+            from mpi4py_fft import fftw
+            self.real_slice = (slice(0, N),) * 3
+            self.complex_slice = (slice(0, N), slice(0, N), slice(0, N // 2 + 1))
+            ctype = np.result_type(self.dtype, np.complex64)
+            self.fwd_in = fftw.aligned(shape, dtype=self.dtype)
+            self.fwd_out = fftw.aligned((N, N, N // 2 + 1), dtype=ctype)
+            self.bwd_in = fftw.aligned((N, N, N // 2 + 1), dtype=ctype)
+            self.bwd_out = fftw.aligned(shape, dtype=self.dtype)
+            flags = (fftw.FFTW_MEASURE, fftw.FFTW_DESTROY_INPUT)
+            self._fwd = fftw.rfftn(self.fwd_in, axes=(0, 1, 2), flags=flags, output_array=self.fwd_out)
+            self._bwd = fftw.irfftn(self.bwd_in, s=shape, axes=(0, 1, 2), flags=flags,
+                                    output_array=self.bwd_out)
+            self.fwd_in[...] = 0
+            self.bwd_in[...] = 0
+            self.forward = self._serial_forward
+            self.backward = self._serial_backward
+        else:
+            from mpi4py_fft import PFFT
+            self._pfft = PFFT(comm, shape, axes=(0, 1, 2), dtype=self.dtype, grid=(-1,))
+            self.real_slice = self._pfft.local_slice(False)
+            self.complex_slice = self._pfft.local_slice(True)
+            self.fwd_in = self._pfft.forward.input_array
+            self.fwd_out = self._pfft.forward.output_array
+            self.bwd_in = self._pfft.backward.input_array
+            self.bwd_out = self._pfft.backward.output_array
+            self.forward = self._parallel_forward
+            self.backward = self._parallel_backward
+
+    def _serial_forward(self):
+        self._fwd(normalize=True)
+
+    def _serial_backward(self):
+        self._bwd()
+
+    def _parallel_forward(self):
+        self._pfft.forward(normalize=True)
+
+    def _parallel_backward(self):
+        self._pfft.backward()
+
+
+def _key(comm, N, dtype):
+    return (comm.py2f(), comm.size, int(N), np.dtype(dtype).str)
+
+
+def slab_fft(comm, N, dtype):
+    """The cached :class:`SlabFFT` for (comm, N, dtype)."""
+    key = _key(comm, N, dtype)
+    if key not in _CACHE:
+        _CACHE[key] = SlabFFT(comm, N, dtype)
+    return _CACHE[key]
+
+
+def clear_cache(comm=None):
+    """Forget cached plans (of ``comm`` only, when given)."""
+    for key in list(_CACHE):
+        if comm is None or key[:2] == (comm.py2f(), comm.size):
+            del _CACHE[key]
