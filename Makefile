@@ -18,7 +18,9 @@ demo: setup
 	    --out $(DEMO_OUT)/sim.h5
 	$(VENV)/bin/cosmonet power $(DEMO_OUT)/sim.h5 --field fastpm --second lpt2 \
 	    --json $(DEMO_OUT)/power.json --plot $(DEMO_OUT)/power.png
-	@echo "demo: wrote $(DEMO_OUT)/sim.h5, $(DEMO_OUT)/power.json, $(DEMO_OUT)/power.png"
+	mpirun -np 2 $(VENV)/bin/cosmonet simulate configs/demo.yaml --out $(DEMO_OUT)/campaign
+	$(VENV)/bin/cosmonet verify $(DEMO_OUT)/campaign
+	@echo "demo: wrote $(DEMO_OUT)/sim.h5, $(DEMO_OUT)/power.json, $(DEMO_OUT)/power.png and the campaign $(DEMO_OUT)/campaign"
 
 test: setup
 	$(PY) -m pytest tests -q -ra

@@ -8,7 +8,8 @@ Cosmology blocks (YAML):
 
 - fixed: ``planck15``, ``"Omega_m=0.3,sigma8=0.8"`` or ``{Omega_m: 0.3, sigma8: 0.8}``
   (overrides on planck15; ``preset:`` picks another base);
-- ``{list: [c0, c1, ...]}``: simulation i gets entry ``i % len``;
+- ``{list: [c0, c1, ...]}``: simulation i gets entry ``i % len``; an entry is a string or a
+  mapping of overrides (which may hold ``A_s_scale``), on ``base`` (default planck15);
 - ``{grid: {A_s_scale: [0.2, 0.8], Omega_m: [0.25, 0.35]}, base: planck15}``: the
   cartesian product in the order written, simulation i gets point ``i % size``;
 - ``{lhs: {Omega_m: [0.25, 0.35], sigma8: [0.7, 0.9]}, base: ..., lhs_seed: 1}``: a
@@ -77,6 +78,24 @@ def _base(spec):
     return parse_cosmology(spec.get("base", "planck15"))
 
 
+def _list_entries(spec):
+    entries = spec["list"]
+    if not isinstance(entries, list) or not entries:
+        raise InputError("config: cosmology.list must be a non-empty list")
+    base = _base(spec)
+    out = []
+    for entry in entries:
+        if isinstance(entry, dict):
+            entry = dict(entry)
+            scale = entry.pop(SCALE_KEY, None)
+            preset = entry.pop("preset", None)
+            cosmo = _point(parse_cosmology(preset) if preset else base, entry)
+            out.append(with_amplitude_scale(cosmo, scale) if scale is not None else cosmo)
+        else:
+            out.append(parse_cosmology(entry))
+    return out
+
+
 def _grid_points(spec):
     grid = spec["grid"]
     if not isinstance(grid, dict) or not grid:
@@ -121,10 +140,7 @@ def resolve_cosmology_block(spec):
     if mode == "fixed":
         parse_cosmology(spec)
     elif mode == "list":
-        if not isinstance(spec["list"], list) or not spec["list"]:
-            raise InputError("config: cosmology.list must be a non-empty list")
-        for entry in spec["list"]:
-            parse_cosmology(entry)
+        _list_entries(spec)
     elif mode == "grid":
         _grid_points(spec)
     else:
@@ -154,7 +170,7 @@ def plan(cfg):
         c = parse_cosmology(spec)
         cosmos = [c] * n
     elif mode == "list":
-        entries = [parse_cosmology(e) for e in spec["list"]]
+        entries = _list_entries(spec)
         cosmos = [entries[i % len(entries)] for i in range(n)]
     elif mode == "grid":
         points = _grid_points(spec)
