@@ -38,7 +38,7 @@ TIMEOUT=${SLURM_LOCAL_TIMEOUT:-60}
 export SLURM_CONF=$CONF
 # Jobs submitted from inside another allocation must not inherit its settings.
 for v in $(compgen -e); do
-  case "$v" in SLURM_CONF) ;; SLURM_*|SBATCH_*|SRUN_*|SALLOC_*) unset "$v" ;; esac
+  case "$v" in SLURM_CONF|SLURM_LOCAL_*) ;; SLURM_*|SBATCH_*|SRUN_*|SALLOC_*) unset "$v" ;; esac
 done
 
 # ---------------------------------------------------------------- processes
@@ -55,15 +55,24 @@ daemon_pid() {
   esac
 }
 
-stop_pid() {  # stop_pid NAME PID: SIGTERM, then SIGKILL after 10 s
-  local name=$1 pid=$2 i
-  kill -TERM "$pid" 2>/dev/null || return 0
+stop_pids() {  # stop_pids NAME:PID...: SIGTERM to all, SIGKILL to those left after 10 s
+  local item left i
+  for item in "$@"; do kill -TERM "${item#*:}" 2>/dev/null || true; done
+  left=("$@")
   for i in $(seq 100); do
-    kill -0 "$pid" 2>/dev/null || { say "stopped $name (pid $pid)"; return 0; }
+    local still=()
+    for item in "${left[@]}"; do
+      if kill -0 "${item#*:}" 2>/dev/null; then still+=("$item")
+      else say "stopped ${item%%:*} (pid ${item#*:})"; fi
+    done
+    left=("${still[@]}")
+    [ ${#left[@]} -eq 0 ] && return 0
     sleep 0.1
   done
-  kill -KILL "$pid" 2>/dev/null || true
-  say "killed $name (pid $pid) after 10 s"
+  for item in "${left[@]}"; do
+    kill -KILL "${item#*:}" 2>/dev/null || true
+    say "killed ${item%%:*} (pid ${item#*:}) after 10 s"
+  done
 }
 
 # slurmstepd processes of this cluster (they hold sockets in DIR/spool open)
@@ -97,15 +106,17 @@ do_stop() {
       done
     fi
   fi
-  for name in slurmd slurmctld; do
+  # slurmd (and job steps) first, then slurmctld and munged together
+  pid=$(daemon_pid slurmd)
+  if [ -n "$pid" ]; then stop_pids "slurmd:$pid"; fi
+  local rest=()
+  for p in $(stepd_pids); do rest+=("slurmstepd:$p"); done
+  for name in slurmctld munged; do
     pid=$(daemon_pid $name)
-    if [ -n "$pid" ]; then stop_pid $name "$pid"; fi
-    rm -f "$DIR/$name.pid"
+    if [ -n "$pid" ]; then rest+=("$name:$pid"); fi
   done
-  for p in $(stepd_pids); do stop_pid slurmstepd "$p"; done
-  pid=$(daemon_pid munged)
-  if [ -n "$pid" ]; then stop_pid munged "$pid"; fi
-  rm -f "$DIR/munged.pid"
+  if [ ${#rest[@]} -gt 0 ]; then stop_pids "${rest[@]}"; fi
+  rm -f "$DIR/slurmd.pid" "$DIR/slurmctld.pid" "$DIR/munged.pid"
 }
 
 status_line() {  # "munged:PID slurmctld:PID slurmd:-"
@@ -178,7 +189,7 @@ write_conf() {
   node=$(hostname -s)
   # "NodeName=vm CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=1 RealMemory=24105"
   line=$(slurmd -C 2>/dev/null | head -n 1)
-  case "$line" in NodeName=*) ;; *) die "slurmd -C failed: $line" ;; esac
+  case "$line" in NodeName=*) ;; *) fail_start "slurmd -C failed: $line" ;; esac
   line=${line#NodeName=* }
   if [ -n "${SLURM_LOCAL_CPUS:-}" ]; then
     cpus=$SLURM_LOCAL_CPUS
@@ -254,7 +265,11 @@ fail_start() {
 }
 
 do_start() {
-  local t0=$SECONDS pid
+  local t0=$SECONDS
+  if [ -n "${SLURM_LOCAL_CPUS:-}" ] && ! [[ "$SLURM_LOCAL_CPUS" =~ ^[1-9][0-9]*$ ]]; then
+    die "SLURM_LOCAL_CPUS must be a positive integer, not '$SLURM_LOCAL_CPUS'"
+  fi
+  [[ "$TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "SLURM_LOCAL_TIMEOUT must be a positive integer, not '$TIMEOUT'"
   ensure_installed
   if all_running; then
     say "already running in $DIR ($(status_line))"

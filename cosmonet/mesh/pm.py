@@ -120,13 +120,20 @@ class ParticleMesh:
     def create_real(self, value=0.0):
         return np.full(self.real_shape, value, dtype=self.dtype)
 
+    @property
+    def real_workspace(self):
+        """The real buffer of the forward transform: paint into it, then call
+        ``r2c(pm.real_workspace, out=...)`` to save a copy. Overwritten by every r2c."""
+        return self.fft.fwd_in
+
     def r2c(self, real, out=None):
         """Forward FFT of a local real slab, normalised by 1/N^3 (nbodykit convention).
 
         Returns a new array, or fills ``out``.
         """
         with self.timers("fft"):
-            self.fft.fwd_in[...] = real
+            if real is not self.fft.fwd_in:
+                self.fft.fwd_in[...] = real
             self.fft.forward()
             if out is None:
                 return self.fft.fwd_out.copy()

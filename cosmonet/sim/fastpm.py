@@ -72,7 +72,7 @@ class GravitySolver:
             ctype = np.complex64 if pm.dtype == np.float32 else np.complex128
             kernels = [(1j * gradient_wavenumber(pm.gradient_k(d), pm.cell_size, gradient) * inv_k2).astype(ctype)
                        for d in range(3)]
-            buffers = dict(rho=pm.create_real(), delta_k=np.empty(pm.complex_shape, ctype),
+            buffers = dict(delta_k=np.empty(pm.complex_shape, ctype),
                            forces=[pm.create_real() for _ in range(3)])
             pm.cache[key] = (kernels, buffers)
         self.kernels, self._buf = pm.cache[key]
@@ -81,8 +81,8 @@ class GravitySolver:
         """F = i D / k^2 delta at each local particle, shape (n, 3), Mpc/h."""
         pm, buf = self.pm, self._buf
         layout = pm.decompose(pos)
-        pm.paint(pos, layout=layout, out=buf["rho"])
-        delta_k = pm.r2c(buf["rho"], out=buf["delta_k"])
+        rho = pm.paint(pos, layout=layout, out=pm.real_workspace)
+        delta_k = pm.r2c(rho, out=buf["delta_k"])
         delta_k *= 1.0 / self.nbar
         for d in range(3):
             pm.c2r(delta_k, out=buf["forces"][d], kernel=self.kernels[d])
