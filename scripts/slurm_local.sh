@@ -93,7 +93,7 @@ show_logs() {
 }
 
 do_stop() {
-  local pid ids p
+  local pid ids p name
   if [ -n "$(daemon_pid slurmctld)" ] && [ -n "$(daemon_pid munged)" ]; then
     ids=$(squeue -h -o %i 2>/dev/null || true)
     if [ -n "$ids" ]; then
@@ -106,12 +106,10 @@ do_stop() {
       done
     fi
   fi
-  # slurmd (and job steps) first, then slurmctld and munged together
-  pid=$(daemon_pid slurmd)
-  if [ -n "$pid" ]; then stop_pids "slurmd:$pid"; fi
+  # all together: each daemon takes ~2 s to exit on SIGTERM, none needs the others for it
   local rest=()
   for p in $(stepd_pids); do rest+=("slurmstepd:$p"); done
-  for name in slurmctld munged; do
+  for name in slurmd slurmctld munged; do
     pid=$(daemon_pid $name)
     if [ -n "$pid" ]; then rest+=("$name:$pid"); fi
   done
@@ -170,11 +168,11 @@ ensure_installed() {
     apt-get update -qq || echo "$PROG: apt-get update failed" >&2
   fi
   say "apt-get install ${need[*]}"
-  if ! apt-get install -y -qq --no-install-recommends "${need[@]}" >"${TMPDIR:-/tmp}/$PROG-apt.log" 2>&1; then
+  if ! apt-get install -y -qq --no-install-recommends "${need[@]}" >"$DIR/log/apt.log" 2>&1; then
     say "apt-get install failed; apt-get update and retry"
     apt-get update -qq || true
-    if ! apt-get install -y -qq --no-install-recommends "${need[@]}" >"${TMPDIR:-/tmp}/$PROG-apt.log" 2>&1; then
-      tail -n 20 "${TMPDIR:-/tmp}/$PROG-apt.log" >&2
+    if ! apt-get install -y -qq --no-install-recommends "${need[@]}" >"$DIR/log/apt.log" 2>&1; then
+      tail -n 20 "$DIR/log/apt.log" >&2
       echo "$PROG: cannot install ${need[*]} with apt-get" >&2; exit 5
     fi
   fi
@@ -270,7 +268,9 @@ do_start() {
     die "SLURM_LOCAL_CPUS must be a positive integer, not '$SLURM_LOCAL_CPUS'"
   fi
   [[ "$TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "SLURM_LOCAL_TIMEOUT must be a positive integer, not '$TIMEOUT'"
+  mkdir -p "$DIR/log"
   ensure_installed
+  t0=$SECONDS
   if all_running; then
     say "already running in $DIR ($(status_line))"
     say "clients: export SLURM_CONF=$CONF"

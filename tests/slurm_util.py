@@ -21,6 +21,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections import namedtuple
 from pathlib import Path
@@ -32,6 +33,7 @@ SCRIPT = ROOT / "scripts" / "slurm_local.sh"
 PYTHON = sys.executable
 EXIT_UNAVAILABLE = 5          # slurm_local.sh: cannot install slurm here
 INSTALL_TIMEOUT = 900         # first start may run apt-get install
+MAX_DIR_LEN = 70              # slurm_local.sh refuses longer directories (unix socket paths)
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                    "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED", "SPECIAL_EXIT"}
 
@@ -93,8 +95,8 @@ def start_cluster(path, timeout=INSTALL_TIMEOUT):
     if proc.returncode == EXIT_UNAVAILABLE:
         raise SlurmUnavailable(text.strip())
     if proc.returncode != 0:
-        raise SlurmError(f"{SCRIPT.name} start {path} failed ({proc.returncode}):\n{text}\n"
-                         f"{cluster_logs(path)}")
+        logs = "" if "----- " in text else "\n" + cluster_logs(path)   # the script shows them
+        raise SlurmError(f"{SCRIPT.name} start {path} failed ({proc.returncode}):\n{text}{logs}")
     return cluster_env(path)
 
 
@@ -126,6 +128,8 @@ def local_cluster(path):
 def slurm_cluster(tmp_path_factory):
     """Module-scoped running cluster; yields the client env. Skips only if slurm can't be installed."""
     path = tmp_path_factory.mktemp("slurm")
+    if len(str(path)) > MAX_DIR_LEN:                # long --basetemp: unix sockets need a short one
+        path = Path(tempfile.mkdtemp(prefix="cosmonet-slurm-"))
     try:
         env = start_cluster(path)
     except SlurmUnavailable as exc:
