@@ -4,8 +4,24 @@ A :class:`Layout` is built once per particle distribution (like pmesh's ``decomp
 ``exchange`` sends per-particle data to the owning ranks, ``gather`` brings per-particle
 results home in the original order. With one rank both are no-ops.
 """
+import numba
 import numpy as np
 from mpi4py import MPI
+
+
+@numba.njit(cache=True, nogil=True)
+def _counting_order(dest, n_ranks):
+    """Stable permutation that groups particles by destination rank (O(n), unlike argsort)."""
+    counts = np.zeros(n_ranks + 1, dtype=np.int64)
+    for d in dest:
+        counts[d + 1] += 1
+    for r in range(n_ranks):
+        counts[r + 1] += counts[r]
+    order = np.empty(dest.shape[0], dtype=np.int64)
+    for i in range(dest.shape[0]):
+        order[counts[dest[i]]] = i
+        counts[dest[i]] += 1
+    return order
 
 
 class Layout:
@@ -14,11 +30,12 @@ class Layout:
     def __init__(self, comm, dest):
         self.comm = comm
         self.n_local = len(dest)
+        self.routed = None   # (positions, their owner-side copy), kept by ParticleMesh.paint
         if comm.size == 1:
             self.order = None
             return
-        dest = np.asarray(dest)
-        self.order = np.argsort(dest, kind="stable")
+        dest = np.asarray(dest, dtype=np.int64)
+        self.order = _counting_order(dest, comm.size)
         self.send_counts = np.bincount(dest, minlength=comm.size).astype(np.int64)
         self.recv_counts = np.empty_like(self.send_counts)
         comm.Alltoall(self.send_counts, self.recv_counts)
@@ -37,6 +54,15 @@ class Layout:
                             [out.view(np.uint8).reshape(-1) if out.size else np.empty(0, np.uint8),
                              (rc, rd), MPI.BYTE])
         return out
+
+    def exchange_positions(self, pos):
+        """:meth:`exchange` for positions, remembered so that paint and readout with the
+        same layout and the same (unmodified) ``pos`` array route them only once."""
+        if self.routed is not None and self.routed[0] is pos:
+            return self.routed[1]
+        routed = self.exchange(pos)
+        self.routed = (pos, routed)
+        return routed
 
     def exchange(self, data):
         """Send ``data`` (first axis: local particles) to the owning ranks."""

@@ -159,7 +159,11 @@ class ParticleMesh:
 
     # ------------------------------------------------------------------ particles
     def decompose(self, pos):
-        """Layout that routes local particles (positions (n, 3) Mpc/h) to their plane owners."""
+        """Layout that routes local particles (positions (n, 3) Mpc/h) to their plane owners.
+
+        The layout remembers the routed positions, so paint and readout with one layout
+        exchange them once: build a new layout after the positions change.
+        """
         if self.comm.size == 1:
             return Layout(self.comm, np.zeros(len(pos), dtype=np.int32))
         planes = np.empty(len(pos), dtype=np.int64)
@@ -185,7 +189,7 @@ class ParticleMesh:
             layout = self.decompose(pos)
         mass = np.ones(len(pos)) if mass is None else np.broadcast_to(
             np.asarray(mass, dtype=np.float64), (len(pos),))
-        opos = layout.exchange(pos)
+        opos = layout.exchange_positions(pos)
         omass = layout.exchange(np.ascontiguousarray(mass))
         nx = self.real_shape[0]
         if self._paint_buffer is None:
@@ -230,7 +234,7 @@ class ParticleMesh:
             recv = np.empty_like(sendbuf)
             self.comm.Sendrecv(sendbuf, dest=down, recvbuf=recv, source=up)
             ghosts = tuple(recv)
-        opos = layout.exchange(pos)
+        opos = layout.exchange_positions(pos)
         if single:
             values = np.empty(len(opos), dtype=np.float64)
             cic.readout_slab(opos, fields[0], ghosts[0], self.x0, self.BoxSize, values)
