@@ -28,10 +28,15 @@ def config_yaml(cfg):
     return yaml.safe_dump(d, sort_keys=False)
 
 
+#: keys that may change between runs of one campaign (they do not change its contents)
+RESUMABLE_WITH_OTHER = ("ranks_per_sim",)
+
+
 def prepare_directory(cfg):
     """Create DIR/shards and DIR/campaign.yaml, or check that DIR holds this campaign.
 
-    Raises InputError (one line) when DIR holds a campaign with another configuration.
+    Raises InputError (one line) when DIR holds a campaign with another configuration
+    (``ranks_per_sim`` may differ: the plan does not depend on it).
     """
     from .config import check_output_dir
     check_output_dir(cfg.out)
@@ -42,8 +47,10 @@ def prepare_directory(cfg):
         with open(path) as fh:
             old = yaml.safe_load(fh) or {}
         new = yaml.safe_load(text)
+        if not isinstance(old, dict):
+            raise InputError(f"config: out {cfg.out} holds an unreadable {shardio.CONFIG_COPY}")
         for key in new:
-            if old.get(key) != new[key]:
+            if key not in RESUMABLE_WITH_OTHER and old.get(key) != new[key]:
                 raise InputError(f"config: out {cfg.out} holds a campaign with another {key} "
                                  f"({old.get(key)!r} there, {new[key]!r} now); use a new out directory")
     else:
@@ -195,8 +202,13 @@ def verify_campaign(root):
     path = os.path.join(root, shardio.CONFIG_COPY)
     if not os.path.exists(path):
         raise InputError(f"{root} is not a campaign directory (no {shardio.CONFIG_COPY})")
-    with open(path) as fh:
-        raw = yaml.safe_load(fh)
+    try:
+        with open(path) as fh:
+            raw = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError):
+        raw = None
+    if not isinstance(raw, dict):
+        raise InputError(f"{root}: {shardio.CONFIG_COPY} is not a campaign configuration")
     raw["out"] = root
     cfg = validate(raw)
     missing, corrupt, seen = [], [], {}
@@ -217,7 +229,8 @@ def verify_campaign(root):
     duplicates = sorted(i for i, c in seen.items() if c > 1)
     manifest_ok = os.path.exists(os.path.join(root, shardio.MANIFEST))
     known = {os.path.basename(shardio.shard_path(root, s)) for s in range(cfg.n_shards)}
-    on_disk = {f for f in os.listdir(os.path.join(root, shardio.SHARD_DIR)) if f.endswith(".h5")}
+    shard_dir = os.path.join(root, shardio.SHARD_DIR)
+    on_disk = {f for f in os.listdir(shard_dir) if f.endswith(".h5")} if os.path.isdir(shard_dir) else set()
     unrecorded = sorted(on_disk - known)
     complete = len(seen) == cfg.n_sims
     ok = not (missing or corrupt or duplicates or unrecorded) and complete and manifest_ok

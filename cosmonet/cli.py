@@ -210,8 +210,11 @@ def cmd_simulate(args):
     holder = {}
 
     def load_and_prepare():
-        holder["cfg"] = load_config(args.config, args.overrides, out=args.out)
-        prepare_directory(holder["cfg"])
+        cfg = holder["cfg"] = load_config(args.config, args.overrides, out=args.out)
+        if comm.size % cfg.ranks_per_sim:
+            raise InputError(f"config: ranks_per_sim {cfg.ranks_per_sim} does not divide the "
+                             f"{comm.size} ranks")
+        prepare_directory(cfg)
 
     _collective_check(comm, load_and_prepare)
     cfg = comm.bcast(holder.get("cfg"), root=0)

@@ -87,7 +87,12 @@ def _as_int(key, val, minimum):
 
 
 def _as_float(key, val):
-    if isinstance(val, bool) or not isinstance(val, (int, float)):
+    if isinstance(val, str):          # YAML 1.1 reads 1e2 (no dot) as a string
+        try:
+            val = float(val)
+        except ValueError:
+            _fail(key, f"must be a number (got {val!r})")
+    if isinstance(val, bool) or not isinstance(val, (int, float)) or val != val or val in (float("inf"), float("-inf")):
         _fail(key, f"must be a number (got {val!r})")
     return float(val)
 
@@ -184,7 +189,11 @@ def load_config(path, overrides=(), out=None):
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
         raise InputError(f"config {path} is not valid YAML{where}") from None
-    raw = apply_overrides(raw if raw is not None else {}, overrides)
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise InputError(f"config {path} must hold a mapping of keys (n_sims, nc, box, ...), "
+                         f"not a {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides)
     if out is not None:
         raw["out"] = out
     return validate(raw)

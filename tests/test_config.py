@@ -4,8 +4,10 @@ deterministic plan (seeds, cosmology blocks fixed / list / grid / lhs, A_s_scale
 Contract for bad input: an :class:`InputError` whose message is one line naming the field.
 """
 import dataclasses
+import glob
 import itertools
 import math
+import os
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from cosmonet.cosmology import Cosmology
 from cosmonet.errors import InputError
 from cosmonet.sim.campaign import SimSpec, latin_hypercube, plan, simulation_seed
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLANCK_SIGMA8 = Cosmology.planck15().sigma8
 LHS = {"lhs": {"Omega_m": [0.25, 0.35], "sigma8": [0.7, 0.9]}}
 
@@ -50,10 +53,17 @@ def test_minimal_config_gets_defaults():
 
 
 def test_demo_config_is_valid():
-    cfg = load_config("configs/demo.yaml")
-    assert cfg.n_sims == 8 and cfg.shard_size == 4 and cfg.n_shards == 2
-    assert "density" in cfg.fields
-    assert sum(cfg.splits.values()) == cfg.n_sims
+    cfg = load_config(os.path.join(REPO, "configs", "demo.yaml"))
+    assert cfg.n_shards == -(-cfg.n_sims // cfg.shard_size)
+    assert not cfg.splits or sum(cfg.splits.values()) == cfg.n_sims
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml"))),
+                         ids=os.path.basename)
+def test_shipped_configs_are_valid(path):
+    cfg = load_config(path)
+    specs = plan(cfg)
+    assert len(specs) == cfg.n_sims and [s.index for s in specs] == list(range(cfg.n_sims))
 
 
 def test_integers_are_accepted_for_float_keys():
@@ -294,6 +304,26 @@ def test_list_cycles():
     specs = plan(_cfg(n_sims=8, cosmology={"list": entries}))
     om = [0.3089, 0.25, 0.35]
     assert [s.cosmology.Omega_m for s in specs] == pytest.approx([om[i % 3] for i in range(8)])
+
+
+def test_list_mapping_entries_modify_base_and_may_scale_A_s():
+    entries = [{"Omega_m": 0.25}, {"A_s_scale": 1.8}, {"Omega_m": 0.35, "A_s_scale": 0.5}]
+    specs = plan(_cfg(n_sims=3, cosmology={"list": entries, "base": {"h": 0.7, "sigma8": 0.8}}))
+    assert [s.cosmology.h for s in specs] == [0.7, 0.7, 0.7]
+    assert [s.cosmology.Omega_m for s in specs] == pytest.approx([0.25, 0.3089, 0.35])
+    assert [s.cosmology.sigma8 for s in specs] == pytest.approx(
+        [0.8, 0.8 * math.sqrt(1.8), 0.8 * math.sqrt(0.5)], rel=1e-12)
+    assert "A_s_scale" in _error(validate, _raw(cosmology={"list": [{"A_s_scale": 0}]}))
+
+
+def test_list_string_entry_of_overrides_modifies_base():
+    """docs/campaigns.md: "base: sets the cosmology that list, grid and lhs entries modify";
+    a "key=value,..." string entry is overrides, like the equivalent mapping entry."""
+    base = {"h": 0.7}
+    as_string = plan(_cfg(n_sims=1, cosmology={"list": ["Omega_m=0.35,sigma8=0.8"], "base": base}))
+    as_mapping = plan(_cfg(n_sims=1, cosmology={"list": [{"Omega_m": 0.35, "sigma8": 0.8}], "base": base}))
+    assert as_mapping[0].cosmology.h == 0.7
+    assert as_string[0].cosmology == as_mapping[0].cosmology
 
 
 def test_grid_is_the_cartesian_product_cycled():

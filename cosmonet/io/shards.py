@@ -142,8 +142,12 @@ def check_shard(root, shard, cfg, record=None):
 
 
 def remove_stale_temporaries(root):
-    """Delete temporary files left by a killed run (only this campaign's shard names)."""
-    for tmp in glob.glob(os.path.join(root, SHARD_DIR, "shard_*.h5.*.tmp")):
+    """Delete temporary files left by a killed run: only this campaign's own names
+    (shards, their records, the manifest and the config copy)."""
+    patterns = [os.path.join(root, SHARD_DIR, "shard_*.h5.*.tmp"),
+                os.path.join(root, SHARD_DIR, "shard_*.json.*.tmp"),
+                os.path.join(root, MANIFEST + ".*.tmp"), os.path.join(root, CONFIG_COPY + ".*.tmp")]
+    for tmp in [t for p in patterns for t in glob.glob(p)]:
         try:
             os.unlink(tmp)
         except OSError:

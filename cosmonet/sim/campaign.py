@@ -67,15 +67,37 @@ def _mode(spec):
         if len(modes) > 1:
             raise InputError(f"config: cosmology has both '{modes[0]}' and '{modes[1]}'")
         if modes:
-            extra = set(spec) - {modes[0], "base", "lhs_seed"}
+            allowed = {modes[0], "base"} | ({"lhs_seed"} if modes[0] == "lhs" else set())
+            extra = set(spec) - allowed
             if extra:
                 raise InputError(f"config: cosmology.{sorted(extra)[0]} is not allowed with '{modes[0]}'")
+            if "lhs_seed" in spec:
+                seed = spec["lhs_seed"]
+                if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                    raise InputError(f"config: cosmology.lhs_seed must be an integer >= 0 (got {seed!r})")
             return modes[0]
     return "fixed"
 
 
 def _base(spec):
     return parse_cosmology(spec.get("base", "planck15"))
+
+
+def _string_overrides(text):
+    """``"Omega_m=0.3,A_s_scale=1.8"`` -> dict; None when the string names a preset."""
+    tokens = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not tokens or "=" not in tokens[0]:
+        return None
+    out = {}
+    for tok in tokens:
+        key, sep, val = tok.partition("=")
+        if not sep:
+            raise InputError(f"config: cosmology entry {text!r}: bad item '{tok}' (expected key=value)")
+        try:
+            out[key.strip()] = val.strip() if key.strip() == "transfer" else float(val)
+        except ValueError:
+            raise InputError(f"config: cosmology entry {text!r}: '{key.strip()}' needs a number") from None
+    return out
 
 
 def _list_entries(spec):
@@ -85,6 +107,8 @@ def _list_entries(spec):
     base = _base(spec)
     out = []
     for entry in entries:
+        if isinstance(entry, str) and _string_overrides(entry) is not None:
+            entry = _string_overrides(entry)        # overrides on base, like a mapping
         if isinstance(entry, dict):
             entry = dict(entry)
             scale = entry.pop(SCALE_KEY, None)
