@@ -247,6 +247,106 @@ def cmd_verify(args):
     return 0
 
 
+# --------------------------------------------------------------------------- train
+def _add_train(sub):
+    p = sub.add_parser("train", help="train a model data-parallel (DDP or Horovod) from a YAML config")
+    p.add_argument("config", help="training YAML (see configs/d3m_small.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=2 --set data.root=/scratch/d3m")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args):
+    from .train.config import load_train_config
+    from .train.loop import TrainingError, train
+
+    cfg = load_train_config(args.config, args.overrides)
+    try:
+        summary, _, backend = train(cfg, resume=args.resume)
+    except TrainingError as exc:
+        print(f"cosmonet: training stopped: {exc}", file=sys.stderr, flush=True)
+        return 3
+    if backend.is_root:
+        print(json.dumps(summary))
+    backend.shutdown()
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate / emulate
+def _add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="evaluate a trained emulator on the test split (JSON + PNG)")
+    p.add_argument("config", help="the training YAML (its data section names the campaign and split)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. runs/x/checkpoints/step_*.pt)")
+    p.add_argument("--json", required=True, help="output JSON report")
+    p.add_argument("--plots", default=None, help="directory for the PNG figures")
+    p.add_argument("--max-boxes", type=int, default=None, help="evaluate at most this many test boxes")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args):
+    from .analysis.d3m_eval import evaluate_d3m, plot_report, write_report
+    from .data import ShardDataset
+    from .emulate import load_emulator
+    from .io.atomic import check_writable_dir
+    from .train.config import load_train_config
+
+    if _comm().rank != 0:
+        return 0
+    cfg = load_train_config(args.config, args.overrides)
+    check_writable_dir(args.json)
+    model, norm, _ = load_emulator(args.checkpoint)
+    d = cfg["data"]
+    test = ShardDataset(d["root"], split=d["test_split"], fields=("za/disp", "lpt2/disp", d["target"]))
+    report, slices = evaluate_d3m(model, test, norm["scale"], max_boxes=args.max_boxes)
+    report["checkpoint"] = os.path.abspath(args.checkpoint)
+    write_report(report, args.json)
+    plots = plot_report(report, slices, args.plots) if args.plots else []
+    print(json.dumps({"json": args.json, "plots": plots, "displacement_error": report["displacement_error"]}))
+    return 0
+
+
+def _add_emulate(sub):
+    p = sub.add_parser("emulate", help="apply a trained emulator to a simulation file's ZA displacement")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--input", required=True, help="HDF5 file from run-sim (uses za/disp)")
+    p.add_argument("--out", required=True, help="output HDF5 with emulated/disp")
+    p.add_argument("--tile", type=int, default=None, help="tile size in cells for large boxes (default: whole box)")
+    p.add_argument("--margin", type=int, default=None, help="periodic context around each tile (default: measured)")
+    p.set_defaults(func=cmd_emulate)
+
+
+def cmd_emulate(args):
+    import h5py
+
+    from .emulate import emulate_box, load_emulator
+    from .io.atomic import atomic_path, check_writable_dir
+
+    if _comm().rank != 0:
+        return 0
+    check_writable_dir(args.out)
+    model, norm, _ = load_emulator(args.checkpoint)
+    try:
+        with h5py.File(args.input, "r") as f:
+            disp = f["za/disp"][...]
+            attrs = dict(f.attrs)
+    except (OSError, KeyError) as exc:
+        raise InputError(f"{args.input}: cannot read za/disp ({exc})") from None
+    t0 = time.perf_counter()
+    pred = emulate_box(model, disp, norm["scale"], tile=args.tile, margin=args.margin)
+    seconds = time.perf_counter() - t0
+    with atomic_path(args.out) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update(attrs)
+            f.attrs["checkpoint"] = os.path.abspath(args.checkpoint)
+            ds = f.create_dataset("emulated/disp", data=pred)
+            ds.attrs["units"] = "Mpc/h"
+    print(json.dumps({"out": args.out, "n": int(disp.shape[-1]), "seconds": round(seconds, 3),
+                      "tile": args.tile}))
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 def build_parser():
     parser = _Parser(prog="cosmonet", description=__doc__.splitlines()[0])
@@ -255,6 +355,9 @@ def build_parser():
     _add_power(sub)
     _add_simulate(sub)
     _add_verify(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_emulate(sub)
     return parser
 
 

@@ -1,0 +1,163 @@
+"""Evaluation of a displacement emulator (D3M) on held-out pairs, against 2LPT and ZA.
+
+Measures, over the test boxes:
+
+- the mean relative displacement error  <|psi_x - psi_true|> / <|psi_true|>  (means over
+  all particles of all boxes; a ratio of means, stable where |psi_true| is small);
+- T(k) = P_x / P_true and r(k) = P_x,true / sqrt(P_x P_true) of the displacement field
+  (power summed over the three components) and of the CIC density of the particles at
+  q + psi (painted on the nc^3 grid, CIC window divided out), with the powers averaged
+  over boxes before the ratios are taken.
+
+Writes a JSON report and PNG figures: density slices (truth, 2LPT, model, and both
+residuals, as in the talk) and T(k), 1 - r(k)^2 curves.
+"""
+import json
+import os
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from ..io.atomic import atomic_path
+from ..mesh import ParticleMesh
+from .power import binned_power, density_k
+
+METHODS = ("model", "lpt2", "za")
+
+
+def lattice(nc, box):
+    g = np.arange(nc) * (box / nc)
+    return np.stack(np.meshgrid(g, g, g, indexing="ij"))
+
+
+class PowerAccumulator:
+    """Sums of binned auto and cross powers over boxes, for T(k) and r(k)."""
+
+    def __init__(self):
+        self.sums = {}
+        self.k = None
+        self.n = 0
+
+    def add(self, key, res):
+        self.k = res["k"]
+        self.sums[key] = self.sums.get(key, 0.0) + res["power"]
+
+    def mean(self, key):
+        return self.sums[key] / self.n
+
+
+def _vector_power(pm, a, b=None):
+    total = None
+    for c in range(3):
+        ak = pm.r2c(a[c])
+        bk = None if b is None else pm.r2c(b[c])
+        res = binned_power(pm, ak, bk)
+        total = res if total is None else {**res, "power": total["power"] + res["power"]}
+    return total
+
+
+def evaluate_d3m(model, dataset, scale, device="cpu", max_boxes=None):
+    """Report dict for ``model`` on ``dataset`` (fields za/disp, lpt2/disp, fastpm/disp)."""
+    box, nc = float(dataset.box_size), int(dataset.nc)
+    pm = ParticleMesh(nc, box, MPI.COMM_SELF, dtype=np.float64)
+    q = lattice(nc, box)
+    err_num = {m: 0.0 for m in METHODS}
+    err_den = 0.0
+    disp_acc, dens_acc = PowerAccumulator(), PowerAccumulator()
+    first = None
+    n = len(dataset) if max_boxes is None else min(len(dataset), max_boxes)
+    model.eval()
+    for i in range(n):
+        za, lpt2, true = (t.numpy().astype(np.float64) for t in dataset[i][:3])
+        with torch.no_grad():
+            pred = model(torch.from_numpy((za / scale).astype(np.float32))[None].to(device))[0]
+        pred = pred.cpu().numpy().astype(np.float64) * scale
+        fields = {"model": pred, "lpt2": lpt2, "za": za}
+        true_norm = np.sqrt((true ** 2).sum(axis=0))
+        err_den += true_norm.mean()
+        for m, f in fields.items():
+            err_num[m] += np.sqrt(((f - true) ** 2).sum(axis=0)).mean()
+        dens = {}
+        for m, f in list(fields.items()) + [("true", true)]:
+            pos = np.mod(q + f, box).reshape(3, -1).T
+            dens[m] = density_k(pm, pos, nc ** 3, "cic")
+        disp_acc.add("true", _vector_power(pm, true))
+        dens_acc.add("true", binned_power(pm, dens["true"]))
+        for m, f in fields.items():
+            disp_acc.add(m, _vector_power(pm, f))
+            disp_acc.add(m + "_x_true", _vector_power(pm, f, true))
+            dens_acc.add(m, binned_power(pm, dens[m]))
+            dens_acc.add(m + "_x_true", binned_power(pm, dens[m], dens["true"]))
+        disp_acc.n += 1
+        dens_acc.n += 1
+        if first is None:
+            first = {m: pm.c2r(dens[m]) for m in dens}
+    report = {"n_boxes": n, "box_size": box, "nc": nc,
+              "displacement_error": {m: err_num[m] / err_den for m in METHODS},
+              "displacement_error_definition": "<|psi_x - psi_true|> / <|psi_true|> over all particles",
+              "k": dens_acc.k.tolist()}
+    for name, acc in (("density", dens_acc), ("displacement", disp_acc)):
+        section = {}
+        p_true = acc.mean("true")
+        for m in METHODS:
+            p, x = acc.mean(m), acc.mean(m + "_x_true")
+            section[f"T_{m}"] = (p / p_true).tolist()
+            section[f"r_{m}"] = (x / np.sqrt(p * p_true)).tolist()
+        report[name] = section
+    return report, first
+
+
+def write_report(report, path):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as fh:
+            json.dump(report, fh, indent=1)
+            fh.write("\n")
+
+
+def plot_report(report, slices, out_dir):
+    """density_slices.png and transfer.png in ``out_dir``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    nc = report["nc"]
+    s = nc // 2
+    panels = [("FastPM (truth)", slices["true"]), ("2LPT", slices["lpt2"]), ("U-Net", slices["model"]),
+              ("FastPM - 2LPT", slices["true"] - slices["lpt2"]), ("FastPM - U-Net", slices["true"] - slices["model"])]
+    vmax = np.percentile(np.abs(slices["true"][s]), 99)
+    fig, axes = plt.subplots(1, 5, figsize=(17, 3.6))
+    for ax, (title, field) in zip(axes, panels):
+        im = ax.imshow(field[s], origin="lower", cmap="RdBu_r" if "-" in title else "magma",
+                       vmin=-vmax if "-" in title else -1, vmax=vmax,
+                       extent=[0, report["box_size"], 0, report["box_size"]])
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("Mpc/h")
+    fig.colorbar(im, ax=axes, shrink=0.8, label=r"$\delta$")
+    path = os.path.join(out_dir, "density_slices.png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+    k = np.asarray(report["k"])
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    for col, name in enumerate(("density", "displacement")):
+        sec = report[name]
+        for m, style in (("model", "o-"), ("lpt2", "s--"), ("za", "^:")):
+            axes[0, col].semilogx(k, sec[f"T_{m}"], style, ms=3, label=m)
+            axes[1, col].loglog(k, np.maximum(1 - np.asarray(sec[f"r_{m}"]) ** 2, 1e-6), style, ms=3, label=m)
+        axes[0, col].axhline(1, color="gray", lw=0.8)
+        axes[0, col].set_title(name)
+        axes[0, col].set_ylabel(r"$T(k) = P_x / P_{\rm true}$")
+        axes[1, col].set_ylabel(r"$1 - r(k)^2$")
+        axes[1, col].set_xlabel(r"$k$ [$h$/Mpc]")
+        axes[0, col].legend(fontsize=8)
+    fig.suptitle("D3M evaluation: displacement error " + ", ".join(
+        f"{m} {100 * v:.1f}%" for m, v in report["displacement_error"].items()), fontsize=10)
+    fig.tight_layout()
+    path2 = os.path.join(out_dir, "transfer.png")
+    with atomic_path(path2) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return [path, path2]

@@ -1,0 +1,357 @@
+"""A torch Dataset over the HDF5 shards of a campaign directory (see docs/data-format.md).
+
+Construction reads ``campaign.yaml``, the shard records (``manifest.json``, plus any
+``shards/shard_*.json`` it lacks) and, from each shard that holds a selected simulation, the
+small ``params/*`` table and the attributes; it checks fields, shapes, ``nc`` and
+``box_size`` and closes the files again. Fields are read lazily: each process (the main one
+and every DataLoader worker) opens its own read-only h5py handles on first access, at most
+``max_open_files`` of them (least recently used closed first). Handles are never pickled
+and never shared across a fork: a process that finds handles opened by its parent leaves
+them alone and opens its own.
+"""
+import glob
+import json
+import math
+import operator
+import os
+from collections import OrderedDict
+
+import h5py
+import numpy as np
+import torch
+import yaml
+
+from ..errors import InputError
+from ..io import shards as shardio
+from .augment import call_transform, vector_flags
+
+__all__ = ["ShardDataset"]
+
+
+def _fail(msg):
+    raise InputError(msg)
+
+
+def _load_yaml(path):
+    try:
+        with open(path) as fh:
+            raw = yaml.safe_load(fh)
+    except OSError as exc:
+        _fail(f"cannot read {path} ({exc.strerror})")
+    except yaml.YAMLError:
+        _fail(f"{path} is not valid YAML")
+    if not isinstance(raw, dict) or not isinstance(raw.get("n_sims"), int) or raw["n_sims"] < 1:
+        _fail(f"{path} is not a campaign configuration (no n_sims)")
+    splits = raw.get("splits") or {}
+    if not isinstance(splits, dict) or not all(isinstance(c, int) and c >= 0 for c in splits.values()):
+        _fail(f"{path}: splits must map split names to counts (got {splits!r})")
+    return raw
+
+
+def _load_json(path):
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except OSError as exc:
+        _fail(f"cannot read {path} ({exc.strerror})")
+    except ValueError:
+        _fail(f"{path} is not valid JSON")
+
+
+def _check_record(rec, where):
+    try:
+        lo, hi = (int(v) for v in rec["indices"])
+        shard = int(rec["shard"])
+    except (KeyError, TypeError, ValueError):
+        _fail(f"{where}: a shard record needs 'shard' and 'indices': [lo, hi) (got {rec!r})")
+    if not 0 <= lo < hi:
+        _fail(f"{where}: shard {shard} has bad indices [{lo}, {hi})")
+    return shard, lo, hi
+
+
+def _read_records(root):
+    """{shard: (lo, hi, file path, where the record came from)} from the manifest and shard records."""
+    records = {}
+    manifest = os.path.join(root, shardio.MANIFEST)
+    if os.path.exists(manifest):
+        doc = _load_json(manifest)
+        if not isinstance(doc, dict) or not isinstance(doc.get("shards"), list):
+            _fail(f"{manifest} is not a campaign manifest (no 'shards' list)")
+        for rec in doc["shards"]:
+            shard, lo, hi = _check_record(rec, manifest)
+            records[shard] = (lo, hi, rec.get("file"), manifest)
+    for path in sorted(glob.glob(os.path.join(root, shardio.SHARD_DIR, "shard_*.json"))):
+        rec = _load_json(path)
+        if not isinstance(rec, dict):
+            _fail(f"{path} is not a shard record")
+        shard, lo, hi = _check_record(rec, path)
+        if shard not in records:
+            records[shard] = (lo, hi, rec.get("file"), path)
+    out = {}
+    for shard, (lo, hi, rel, where) in records.items():
+        path = os.path.join(root, rel) if isinstance(rel, str) and rel else shardio.shard_path(root, shard)
+        out[shard] = (lo, hi, path, where)
+    return out
+
+
+def _decode(b):
+    return b.decode() if isinstance(b, bytes) else str(b)
+
+
+class ShardDataset(torch.utils.data.Dataset):
+    """Simulations of a campaign as tuples of float32 tensors, one ``(C, n, n, n)`` per field.
+
+    root: the campaign directory (``campaign.yaml``, ``manifest.json``, ``shards/``).
+    split: a split name of ``campaign.yaml`` (consecutive simulation indices, in the order
+        the splits are listed), or None for every simulation.
+    fields: dataset names to read, e.g. ``("za/disp", "fastpm/disp")`` or ``"density"``.
+    indices: explicit simulation indices (campaign numbering, in this order); when given,
+        ``split`` is ignored.
+    transform: called on the tuple as ``transform(tensors, rng)`` when it takes an rng (see
+        :func:`cosmonet.data.augment.takes_rng`), else ``transform(tensors)``; its result is
+        what ``dataset[i]`` returns.
+    seed: when set, ``rng`` is ``np.random.default_rng([seed, epoch, index])``, so random
+        transforms are reproducible and do not depend on the number of DataLoader workers;
+        call :meth:`set_epoch` to draw new ones each epoch. When None, ``rng`` is None and the
+        transform uses its own generator.
+    max_open_files: h5py handles kept open per process.
+
+    Raises :class:`~cosmonet.errors.InputError` (one line naming the file) for a directory
+    that is not a campaign, a missing shard, a field not in a shard, mismatched shards, an
+    unknown split or an empty selection.
+    """
+
+    def __init__(self, root, split="train", fields=("za/disp", "fastpm/disp"), indices=None,
+                 transform=None, seed=None, max_open_files=8):
+        root = os.fspath(root)
+        self.root = root
+        yaml_path = os.path.join(root, shardio.CONFIG_COPY)
+        if not os.path.isdir(root):
+            _fail(f"{root} is not a campaign directory (no such directory)")
+        if not os.path.exists(yaml_path):
+            _fail(f"{root} is not a campaign directory (no {shardio.CONFIG_COPY})")
+        self.config = _load_yaml(yaml_path)
+        n_sims = self.config["n_sims"]
+        splits = self.config.get("splits") or {}
+
+        if isinstance(fields, str):
+            fields = (fields,)
+        fields = tuple(fields)
+        if not fields or not all(isinstance(f, str) and f for f in fields):
+            raise InputError(f"fields must be a non-empty list of dataset names (got {fields!r})")
+        if len(set(fields)) != len(fields):
+            raise InputError(f"fields lists a field twice ({', '.join(fields)})")
+        self.fields = fields
+        self.vector = vector_flags(fields)
+
+        # --- which simulations
+        if indices is not None:
+            try:
+                sel = [operator.index(i) for i in indices]
+            except TypeError:
+                raise InputError(f"indices must be integers (got {indices!r})") from None
+            bad = [i for i in sel if not 0 <= i < n_sims]
+            if bad:
+                _fail(f"{yaml_path}: simulation index {bad[0]} is out of range (n_sims = {n_sims})")
+            if not sel:
+                _fail(f"{root}: empty selection (indices=[])")
+            self.split = None
+        elif split is None:
+            sel = list(range(n_sims))
+            self.split = None
+        else:
+            if split not in splits:
+                known = f"splits: {', '.join(splits)}" if splits else "it defines no splits; use split=None"
+                _fail(f"{yaml_path}: no split {split!r} ({known})")
+            start = 0
+            for name, count in splits.items():
+                if name == split:
+                    sel = list(range(start, start + count))
+                    break
+                start += count
+            if not sel:
+                _fail(f"{yaml_path}: split {split!r} selects no simulations (its count is 0)")
+            self.split = split
+        self.indices = tuple(sel)
+
+        # --- where they are
+        records = _read_records(root)
+        if not records:
+            _fail(f"{root} holds no shards (no {shardio.MANIFEST} and no "
+                  f"{shardio.SHARD_DIR}/shard_*.json)")
+        spans = sorted((lo, hi, shard) for shard, (lo, hi, _, _) in records.items())
+        shard_of = {}
+        shard_size = self.config.get("shard_size")
+        for i in sorted(set(sel)):
+            hit = [s for lo, hi, s in spans if lo <= i < hi]
+            if not hit:
+                s = i // shard_size if isinstance(shard_size, int) and shard_size > 0 else None
+                what = shardio.shard_path(root, s) if s is not None else "its shard"
+                _fail(f"{what} is missing: simulation {i} is in no shard record "
+                      f"(run cosmonet simulate again to finish the campaign)")
+            shard_of[i] = hit[0]
+
+        # --- check the shards and read their params tables (files closed again)
+        pos_of, info_of = {}, {}
+        first = None            # (path, nc, box_size, shapes)
+        for shard in sorted(set(shard_of.values())):
+            lo, hi, path, where = records[shard]
+            if not os.path.exists(path):
+                _fail(f"shard file {path} is missing (listed in {where})")
+            try:
+                fh = h5py.File(path, "r")
+            except OSError:
+                _fail(f"{path} is not a readable HDF5 shard")
+            with fh:
+                for name in fields:
+                    ds = fh.get(name)
+                    if not isinstance(ds, h5py.Dataset):
+                        have = _present_fields(fh)
+                        _fail(f"field {name!r} is not in {path} (it has: {', '.join(have) or 'no fields'})")
+                    if ds.ndim != 5:
+                        _fail(f"field {name!r} in {path} has shape {ds.shape}, expected (n, C, n, n, n)")
+                try:
+                    nc, box = int(fh.attrs["nc"]), float(fh.attrs["box_size"])
+                    table = fh["params"]
+                    index = table["index"][...]
+                    seeds = table["seed"][...]
+                    splt = table["split"][...]
+                    cosmo = {c: table[c][...] for c in shardio.PARAM_COLUMNS if c in table}
+                except KeyError as exc:
+                    _fail(f"{path} is not a campaign shard (no {exc.args[0] if exc.args else 'params'})")
+                shapes = {name: tuple(fh[name].shape[1:]) for name in fields}
+            if first is None:
+                first = (path, nc, box, shapes)
+            elif (nc, box) != first[1:3] or shapes != first[3]:
+                fp, fnc, fbox, fshapes = first
+                diff = next((n for n in fields if shapes[n] != fshapes[n]), None)
+                detail = (f"field {diff!r} has shape {shapes[diff]} there, {fshapes[diff]} in {fp}"
+                          if (nc, box) == (fnc, fbox) else
+                          f"nc={nc}, box_size={box:g} there, nc={fnc}, box_size={fbox:g} in {fp}")
+                _fail(f"mismatched shards: {path} differs from {fp} ({detail})")
+            row = {int(v): k for k, v in enumerate(index)}
+            for i in (i for i, s in shard_of.items() if s == shard):
+                if i not in row:
+                    _fail(f"{path} does not hold simulation {i} (its params/index: "
+                          f"{', '.join(map(str, index.tolist()))})")
+                k = row[i]
+                pos_of[i] = (path, k)
+                info = {"index": i, "seed": int(seeds[k]), "split": _decode(splt[k]), "shard": shard}
+                for c in shardio.PARAM_COLUMNS:
+                    v = float(cosmo[c][k]) if c in cosmo else math.nan
+                    info[c] = None if math.isnan(v) else v
+                info_of[i] = info
+
+        self.nc, self.box_size = first[1], first[2]
+        self.field_shapes = dict(first[3])
+        self._locs = [pos_of[i] for i in sel]
+        self._info = [info_of[i] for i in sel]
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+        self.max_open_files = max(1, int(max_open_files))
+        self._handles = OrderedDict()       # path -> h5py.File, opened by process self._pid
+        self._pid = None
+        self._inherited = []                # handles of a parent process: kept, never used or closed
+
+    # ----------------------------------------------------------------- file handles
+    def _file(self, path):
+        pid = os.getpid()
+        if self._pid != pid:
+            if self._handles:
+                self._inherited.extend(self._handles.values())
+            self._handles = OrderedDict()
+            self._pid = pid
+        f = self._handles.get(path)
+        if f is not None:
+            self._handles.move_to_end(path)
+            return f
+        while len(self._handles) >= self.max_open_files:
+            _, old = self._handles.popitem(last=False)
+            old.close()
+        try:
+            f = h5py.File(path, "r")
+        except OSError:
+            raise InputError(f"cannot open shard {path} (removed or unreadable since the dataset was made)") from None
+        self._handles[path] = f
+        return f
+
+    @property
+    def open_files(self):
+        """Paths of the shard files this process holds open."""
+        return list(self._handles) if self._pid == os.getpid() else []
+
+    def close(self):
+        """Close this process's file handles (they reopen on the next access)."""
+        if self._pid == os.getpid():
+            for f in self._handles.values():
+                try:
+                    f.close()
+                except Exception:
+                    pass
+        self._handles = OrderedDict()
+        self._pid = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_handles"], state["_pid"], state["_inherited"] = OrderedDict(), None, []
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    # ----------------------------------------------------------------- access
+    def __len__(self):
+        return len(self._locs)
+
+    def _item(self, i):
+        i = operator.index(i)
+        n = len(self._locs)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for a dataset of {n} simulations")
+        return i % n
+
+    def read(self, i):
+        """The raw fields of item ``i`` (no transform), a tuple of float32 tensors."""
+        path, k = self._locs[self._item(i)]
+        f = self._file(path)
+        return tuple(torch.from_numpy(np.ascontiguousarray(f[name][k], dtype=np.float32))
+                     for name in self.fields)
+
+    def rng(self, i):
+        """The generator passed to the transform for item ``i`` (None without ``seed``)."""
+        if self.seed is None:
+            return None
+        return np.random.default_rng([int(self.seed), int(self.epoch), self._info[self._item(i)]["index"]])
+
+    def set_epoch(self, epoch):
+        """Choose the epoch mixed into the per-sample generators (with ``seed``)."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, i):
+        tensors = self.read(i)
+        if self.transform is not None:
+            tensors = call_transform(self.transform, tensors, self.rng(i))
+        return tensors
+
+    def sample_info(self, i):
+        """{index, seed, split, shard, Omega_m, Omega_b, h, n_s, sigma8, A_s} of item ``i``
+        (cosmology values not set in the campaign are None)."""
+        return dict(self._info[self._item(i)])
+
+    def __repr__(self):
+        what = f"split={self.split!r}" if self.split is not None else f"{len(self)} simulations"
+        return (f"ShardDataset({self.root!r}, {what}, fields={self.fields}, nc={self.nc}, "
+                f"box_size={self.box_size:g}, n={len(self)})")
+
+
+def _present_fields(fh):
+    """Field datasets present in an open shard."""
+    from ..config import FIELD_NAMES
+    return [name for name in FIELD_NAMES if isinstance(fh.get(name), h5py.Dataset)]

@@ -1,0 +1,115 @@
+"""The D3M U-Net (He et al., PNAS 2019): ZA displacement field -> FastPM displacement field.
+
+Architecture for ``UNet(in_channels=3, out_channels=3, base_channels=C, depth=2)`` on an
+n^3 box (every convolution periodic, see ``layers``; every block = conv + BN + ReLU
+except the output convolution)::
+
+    level 0  n^3      enc0: 3^3 conv 3 -> C,   3^3 conv C -> C ........ skip0 ..
+             down1:   4^3 conv stride 2, C -> 2C                                  :
+    level 1  (n/2)^3  enc1: 3^3 conv 2C -> 2C, 3^3 conv 2C -> 2C .... skip1 ..   :
+             down2:   4^3 conv stride 2, 2C -> 4C                            :   :
+    level 2  (n/4)^3  enc2: 3^3 conv 4C -> 4C, 3^3 conv 4C -> 4C             :   :
+             up2:     2^3 transposed conv stride 2, 4C -> 2C                 :   :
+    level 1  (n/2)^3  dec1: concat(skip1, up2) 4C -> 3^3 conv -> 2C, 3^3 conv 2C -> 2C
+             up1:     2^3 transposed conv stride 2, 2C -> C                      :
+    level 0  n^3      dec0: concat(skip0, up1) 2C -> 3^3 conv -> C,  3^3 conv C -> C
+             head:    1^3 conv C -> out_channels (with bias, no norm/activation)
+             output = head + input                      (residual=True)
+
+i.e. 15 convolution layers for depth 2 (C = 64: 64 -> 128 -> 256 channels). With
+``residual=True`` the input is added to the output (D3M's "variant of residual net"): the
+network learns the correction to the Zel'dovich approximation, and a zero head gives the
+identity. Box sizes must be divisible by 2**depth (any such size: 32^3 in training,
+larger boxes at inference; non-cubic boxes work too). Because every layer is periodic,
+the network commutes with periodic translations by multiples of 2**depth voxels.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .layers import ACTIVATIONS, NORMS, DoubleConv, DownBlock, PeriodicConv3d, UpBlock
+from .registry import register_model
+
+
+@register_model("unet")
+class UNet(nn.Module):
+    """Periodic 3D U-Net; see the module docstring.
+
+    Arguments: ``in_channels``, ``out_channels`` (equal when ``residual``);
+    ``base_channels`` (channels of level 0, doubled at every level); ``depth`` (number of
+    stride-2 downsamplings); ``norm`` ("batch", "group" or "none"); ``residual`` (add
+    the input to the output); ``act`` ("relu" or "leaky_relu"); ``down_kernel`` (4 or
+    3, stride-2 conv); ``up_kernel`` (2 or 4, stride-2 transposed conv).
+    """
+
+    def __init__(self, in_channels=3, out_channels=3, base_channels=64, depth=2, norm="batch",
+                 residual=True, act="relu", down_kernel=4, up_kernel=2):
+        super().__init__()
+        for name, v, lo in (("in_channels", in_channels, 1), ("out_channels", out_channels, 1),
+                            ("base_channels", base_channels, 1), ("depth", depth, 0)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise ValueError(f"UNet: {name} must be an integer >= {lo} (got {v!r})")
+        if norm not in NORMS:
+            raise ValueError(f"UNet: unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+        if act not in ACTIVATIONS[:2]:
+            raise ValueError(f"UNet: unknown act {act!r}; choose one of {', '.join(ACTIVATIONS[:2])}")
+        if down_kernel not in (3, 4):
+            raise ValueError(f"UNet: down_kernel must be 3 or 4 (got {down_kernel!r})")
+        if up_kernel not in (2, 4):
+            raise ValueError(f"UNet: up_kernel must be 2 or 4 (got {up_kernel!r})")
+        residual = bool(residual)
+        if residual and in_channels != out_channels:
+            raise ValueError(f"UNet: residual=True adds the input to the output, so in_channels "
+                             f"({in_channels}) must equal out_channels ({out_channels})")
+        self.config = dict(in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
+                           depth=depth, norm=norm, residual=residual, act=act, down_kernel=down_kernel,
+                           up_kernel=up_kernel)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.depth, self.residual = depth, residual
+        ch = [base_channels * 2 ** level for level in range(depth + 1)]
+        self.channels = ch
+        kw = dict(norm=norm, act=act)
+
+        self.enc = nn.ModuleList([DoubleConv(in_channels, ch[0], **kw)])
+        self.down = nn.ModuleList()
+        for level in range(1, depth + 1):
+            self.down.append(DownBlock(ch[level - 1], ch[level], kernel=down_kernel, **kw))
+            self.enc.append(DoubleConv(ch[level], ch[level], **kw))
+        # up[l] / dec[l] bring level l+1 back to level l (applied for l = depth-1 .. 0).
+        self.up = nn.ModuleList([UpBlock(ch[level + 1], ch[level], kernel=up_kernel, **kw)
+                                 for level in range(depth)])
+        self.dec = nn.ModuleList([DoubleConv(2 * ch[level], ch[level], **kw) for level in range(depth)])
+        self.head = PeriodicConv3d(ch[0], out_channels, kernel_size=1, bias=True)
+
+    @property
+    def size_multiple(self) -> int:
+        """Box sizes must be multiples of this (2**depth)."""
+        return 2 ** self.depth
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """ValueError unless ``x`` is (N, in_channels, D, H, W) with D, H, W multiples of 2**depth."""
+        if x.dim() != 5:
+            raise ValueError(f"UNet expects a 5D input (batch, channels, n, n, n), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"UNet expects {self.in_channels} input channels, got {x.shape[1]} "
+                             f"(input shape {tuple(x.shape)})")
+        m = self.size_multiple
+        if any(n % m or n == 0 for n in x.shape[2:]):
+            raise ValueError(f"UNet(depth={self.depth}) needs every box side to be a positive multiple of "
+                             f"2**depth = {m}; got box {tuple(x.shape[2:])}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        h = self.enc[0](x)
+        skips = []
+        for level in range(self.depth):
+            skips.append(h)
+            h = self.enc[level + 1](self.down[level](h))
+        for level in reversed(range(self.depth)):
+            h = self.up[level](h)
+            h = self.dec[level](torch.cat([skips[level], h], dim=1))
+        out = self.head(h)
+        if self.residual:
+            out = out + x
+        return out

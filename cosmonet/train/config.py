@@ -1,0 +1,124 @@
+"""Training configuration (YAML): model, data, train and out sections, validated with
+one-line errors naming the field. ``--set section.key=value`` overrides any value.
+
+```yaml
+model: {name: unet, base_channels: 16, depth: 2, norm: batch, residual: true}
+data:
+  root: data/d3m_small          # a campaign directory (cosmonet simulate)
+  input: za/disp                 # field fed to the network
+  target: fastpm/disp            # field it learns
+  train_split: train
+  val_split: val
+  test_split: test
+  scale: 6.0                     # fields are divided by this (Mpc/h) before the network
+  augment: true                  # the 48 symmetries of the cube, one per sample
+  num_workers: 1
+train:
+  backend: ddp                   # or horovod
+  batch_size: 4                  # per rank
+  base_batch: 4                  # lr is given for this global batch ...
+  lr: 1.0e-3                     # ... and scaled linearly to the real global batch
+  epochs: 10
+  max_steps: 0                   # stop after this many steps (0: run all epochs)
+  optimizer: adam                # or sgd
+  weight_decay: 0.0
+  scheduler: cosine              # or constant
+  checkpoint_every: 100          # steps
+  log_every: 10                  # steps
+  seed: 0
+out: runs/d3m_small
+```
+"""
+import copy
+
+import yaml
+
+from ..config import apply_overrides
+from ..errors import InputError
+
+DEFAULTS = {
+    "model": {"name": "unet"},
+    "data": {"root": None, "input": "za/disp", "target": "fastpm/disp", "train_split": "train",
+             "val_split": "val", "test_split": "test", "scale": 6.0, "augment": True, "num_workers": 1},
+    "train": {"backend": "ddp", "batch_size": 4, "base_batch": 4, "lr": 1e-3, "epochs": 10, "max_steps": 0,
+              "optimizer": "adam", "weight_decay": 0.0, "scheduler": "cosine", "checkpoint_every": 100,
+              "log_every": 10, "seed": 0},
+    "out": "runs/train",
+}
+_TYPES = {
+    "data.root": str, "data.input": str, "data.target": str, "data.train_split": str, "data.val_split": str,
+    "data.test_split": str, "data.scale": float, "data.augment": bool, "data.num_workers": int,
+    "train.backend": str, "train.batch_size": int, "train.base_batch": int, "train.lr": float,
+    "train.epochs": int, "train.max_steps": int, "train.optimizer": str, "train.weight_decay": float,
+    "train.scheduler": str, "train.checkpoint_every": int, "train.log_every": int, "train.seed": int,
+    "out": str,
+}
+_CHOICES = {"train.backend": ("ddp", "horovod"), "train.optimizer": ("adam", "sgd"),
+            "train.scheduler": ("cosine", "constant")}
+_MINIMUM = {"train.batch_size": 1, "train.base_batch": 1, "train.epochs": 1, "train.max_steps": 0,
+            "train.checkpoint_every": 1, "train.log_every": 1, "data.num_workers": 0, "train.seed": 0}
+
+
+def _check(path, value):
+    want = _TYPES[path]
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if want is float and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+        raise InputError(f"train config: {path} must be {want.__name__} (got {value!r})")
+    if path in _CHOICES and value not in _CHOICES[path]:
+        raise InputError(f"train config: {path} must be one of {', '.join(_CHOICES[path])} (got {value!r})")
+    if path in _MINIMUM and value < _MINIMUM[path]:
+        raise InputError(f"train config: {path} must be >= {_MINIMUM[path]} (got {value})")
+    if want is float and path in ("train.lr", "data.scale") and not value > 0:
+        raise InputError(f"train config: {path} must be > 0 (got {value})")
+    return value
+
+
+def validate_train_config(raw):
+    """Fill defaults and check types; returns a plain nested dict."""
+    if not isinstance(raw, dict):
+        raise InputError("train config: the file must hold a mapping with model, data, train, out")
+    unknown = [k for k in raw if k not in DEFAULTS]
+    if unknown:
+        raise InputError(f"train config: unknown section '{unknown[0]}' (known: {', '.join(DEFAULTS)})")
+    cfg = copy.deepcopy(DEFAULTS)
+    for section in ("model", "data", "train"):
+        given = raw.get(section) or {}
+        if not isinstance(given, dict):
+            raise InputError(f"train config: {section} must be a mapping")
+        for key, value in given.items():
+            if section != "model" and key not in DEFAULTS[section]:
+                raise InputError(f"train config: unknown key '{section}.{key}' "
+                                 f"(known: {', '.join(DEFAULTS[section])})")
+            cfg[section][key] = value
+    if "out" in raw:
+        cfg["out"] = raw["out"]
+    for path in _TYPES:
+        section, _, key = path.partition(".")
+        if key:
+            if cfg[section][key] is None:
+                raise InputError(f"train config: {path} is required")
+            cfg[section][key] = _check(path, cfg[section][key])
+        else:
+            cfg[section] = _check(path, cfg[section])
+    if not isinstance(cfg["model"].get("name"), str):
+        raise InputError("train config: model.name is required (e.g. unet)")
+    return cfg
+
+
+def load_train_config(path, overrides=()):
+    try:
+        with open(path) as fh:
+            raw = yaml.safe_load(fh)
+    except OSError as exc:
+        raise InputError(f"cannot read train config {path} ({exc.strerror})") from None
+    except yaml.YAMLError:
+        raise InputError(f"train config {path} is not valid YAML") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"train config {path} must hold a mapping with model, data, train, out")
+    return validate_train_config(apply_overrides(raw, overrides))

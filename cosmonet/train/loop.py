@@ -1,0 +1,259 @@
+"""The training loop of ``cosmonet train``: data-parallel over any launcher and backend.
+
+Rank 0 alone logs (JSON lines in OUT/train_log.jsonl and a progress line on stderr) and
+writes checkpoints. A resumed run continues the same trajectory: the sampler's epoch and
+position, the optimiser, the scheduler and the RNG states are restored, and augmentation
+draws its symmetry from (seed, epoch, sample index), not from a stream that depends on
+the number of ranks or workers.
+"""
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import InputError
+from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
+from .dist import init_backend
+from .sampler import ShardedBatchSampler
+
+VECTOR_FIELDS = ("disp", "vel")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss or data); the message names the step."""
+
+
+def is_vector_field(name):
+    return name.split("/")[-1] in VECTOR_FIELDS
+
+
+class PairDataset(Dataset):
+    """(input, target) pairs from a campaign, divided by ``scale``, with per-sample
+    symmetry augmentation seeded by (seed, epoch, index)."""
+
+    def __init__(self, base, scale, augment, seed, vector_flags):
+        self.base, self.scale, self.augment, self.seed = base, float(scale), augment, int(seed)
+        self.vector_flags = vector_flags
+        self.epoch = 0
+        if augment:
+            from ..data import all_symmetries
+            self.symmetries = all_symmetries()
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        tensors = [t / self.scale for t in self.base[i]]
+        if self.augment:
+            from ..data import apply_symmetry
+            rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+            perm, flips = self.symmetries[int(rng.integers(len(self.symmetries)))]
+            tensors = [apply_symmetry(t, perm, flips, vector=v) for t, v in zip(tensors, self.vector_flags)]
+        return tuple(tensors) + (int(i),)
+
+
+def _say(backend, msg):
+    if backend.is_root:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _lr_lambda(kind, total_steps):
+    if kind == "constant":
+        return lambda step: 1.0
+    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+
+def build_datasets(cfg):
+    from ..data import ShardDataset
+    d = cfg["data"]
+    fields = (d["input"], d["target"])
+    flags = tuple(is_vector_field(f) for f in fields)
+    train = ShardDataset(d["root"], split=d["train_split"], fields=fields)
+    val = None
+    if d["val_split"]:
+        try:
+            val = ShardDataset(d["root"], split=d["val_split"], fields=fields)
+        except InputError:
+            val = None
+    return train, val, flags
+
+
+def _loss_fn(pred, target):
+    return torch.mean((pred - target) ** 2)
+
+
+def evaluate_loss(model, dataset, backend, batch_size, device):
+    """Mean loss over ``dataset`` (every rank takes a share), averaged over ranks."""
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64)
+    with torch.no_grad():
+        for i in range(backend.rank, len(dataset), backend.size):
+            x, y, _ = dataset[i]
+            pred = model(x[None].to(device))
+            total[0] += float(_loss_fn(pred, y[None].to(device)))
+            total[1] += 1
+    backend.allreduce_sum(total)
+    model.train()
+    return float(total[0] / max(total[1], 1))
+
+
+def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
+    """Train the configured model; returns a summary dict (on every rank)."""
+    from ..models import build_model, model_signature
+
+    backend = init_backend(cfg["train"]["backend"]) if backend is None else backend
+    t_cfg, d_cfg = cfg["train"], cfg["data"]
+    out = cfg["out"]
+    device = backend.device
+    if backend.is_root:
+        os.makedirs(out, exist_ok=True)
+    torch.manual_seed(t_cfg["seed"])
+    model_kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
+    try:
+        model = build_model(cfg["model"]["name"], **model_kwargs).to(device)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"train config: model: {exc}") from None
+    signature = model_signature(model)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last_3d)
+
+    train_base, val_base, flags = build_datasets(cfg)
+    train_set = PairDataset(train_base, d_cfg["scale"], d_cfg["augment"], t_cfg["seed"], flags)
+    val_set = PairDataset(val_base, d_cfg["scale"], False, t_cfg["seed"], flags) if val_base is not None else None
+    try:
+        sampler = ShardedBatchSampler(len(train_set), backend.rank, backend.size, t_cfg["batch_size"],
+                                      seed=t_cfg["seed"])
+    except ValueError as exc:
+        raise InputError(f"train config: {exc} (train split of {d_cfg['root']})") from None
+    steps_per_epoch = sampler.batches_per_epoch
+    total_steps = steps_per_epoch * t_cfg["epochs"]
+    global_batch = sampler.global_batch
+    lr = t_cfg["lr"] * global_batch / t_cfg["base_batch"]
+    if t_cfg["optimizer"] == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=t_cfg["weight_decay"])
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=t_cfg["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(t_cfg["scheduler"], total_steps))
+
+    step = epoch = batch_in_epoch = 0
+    if resume:
+        path = latest_checkpoint(out)
+        if path is None:
+            _say(backend, f"train: --resume but no checkpoint in {out}; starting from scratch")
+        else:
+            state = load_checkpoint(path, expect_signature=signature)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+            set_rng_state(state["rng"])
+            _say(backend, f"train: resumed from {path} (step {step}, epoch {epoch})")
+    backend.broadcast_parameters(model)
+    model = backend.wrap_model(model)
+    optimizer = backend.wrap_optimizer(optimizer, unwrap(model))
+
+    def checkpoint_state():
+        return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch,
+                "batch_in_epoch": batch_in_epoch, "rng": rng_state(), "model_signature": signature,
+                "normalization": {"input": d_cfg["input"], "target": d_cfg["target"], "scale": d_cfg["scale"]},
+                "config": cfg, "world_size": backend.size}
+
+    log_path = os.path.join(out, "train_log.jsonl")
+    log = open(log_path, "a") if backend.is_root else None
+    max_steps = t_cfg["max_steps"] or total_steps
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+    _say(backend, f"train: {unwrap(model).__class__.__name__} on {backend.size} rank(s) ({backend.name}, "
+                  f"{backend.world.launcher}), {len(train_set)} training samples, global batch {global_batch}, "
+                  f"lr {lr:g}, {steps_per_epoch} steps per epoch, until step {min(max_steps, total_steps)}")
+    last_ckpt = latest_checkpoint(out) if backend.is_root else None
+    t_start = time.perf_counter()
+    wait = compute = 0.0
+    samples_done = 0
+    stop = step >= max_steps
+    model.train()
+    while not stop and epoch < t_cfg["epochs"]:
+        sampler.set_epoch(epoch)
+        sampler.set_start(batch_in_epoch)
+        train_set.set_epoch(epoch)
+        loader = DataLoader(train_set, batch_size=t_cfg["batch_size"], sampler=sampler,
+                            num_workers=d_cfg["num_workers"], drop_last=True,
+                            persistent_workers=False, pin_memory=device.type == "cuda")
+        t0 = time.perf_counter()
+        for x, y, idx in loader:
+            t1 = time.perf_counter()
+            wait += t1 - t0
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            bad = torch.tensor([0.0 if bool(torch.isfinite(x).all() and torch.isfinite(y).all()) else 1.0])
+            if float(backend.allreduce_sum(bad)) > 0:
+                raise TrainingError(f"non-finite values in the batch of step {step + 1} "
+                                    f"(samples {idx.tolist()} on rank {backend.rank}); last good checkpoint: "
+                                    f"{last_ckpt}")
+            with autocast:
+                pred = model(x)
+                loss = _loss_fn(pred.float(), y)
+            lossv = loss.detach().reshape(1).double().cpu()
+            if float(backend.allreduce_sum(torch.tensor([0.0 if math.isfinite(float(lossv)) else 1.0]))) > 0:
+                raise TrainingError(f"non-finite loss at step {step + 1}; training stopped, last good "
+                                    f"checkpoint: {last_ckpt}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            batch_in_epoch += 1
+            samples_done += global_batch
+            compute += time.perf_counter() - t1
+            if step % t_cfg["log_every"] == 0 or step == max_steps:
+                mean_loss = float(backend.allreduce_mean(lossv.clone()))
+                if backend.is_root:
+                    elapsed = time.perf_counter() - t_start
+                    rec = {"step": step, "epoch": epoch, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
+                           "samples_per_second": samples_done / elapsed, "data_wait_seconds": wait,
+                           "compute_seconds": compute, "elapsed_seconds": elapsed}
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                    print(f"train: step {step}/{min(max_steps, total_steps)} epoch {epoch} loss {mean_loss:.5f} "
+                          f"{rec['samples_per_second']:.1f} samples/s (data wait {wait:.1f} s)",
+                          file=log_stream, flush=True)
+            if step % t_cfg["checkpoint_every"] == 0 or step == max_steps:
+                if backend.is_root:
+                    last_ckpt = save_checkpoint(out, checkpoint_state())
+                backend.barrier()
+            if step >= max_steps:
+                stop = True
+                break
+            t0 = time.perf_counter()
+        if stop and batch_in_epoch < steps_per_epoch:
+            break
+        epoch += 1
+        batch_in_epoch = 0
+        if val_set is not None:
+            val_loss = evaluate_loss(unwrap(model), val_set, backend, t_cfg["batch_size"], device)
+            if backend.is_root:
+                log.write(json.dumps({"step": step, "epoch": epoch, "val_loss": val_loss}) + "\n")
+                log.flush()
+                print(f"train: epoch {epoch} done, validation loss {val_loss:.5f}", file=log_stream, flush=True)
+    if backend.is_root:
+        last_ckpt = save_checkpoint(out, checkpoint_state())
+        log.close()
+    backend.barrier()
+    elapsed = time.perf_counter() - t_start
+    summary = {"out": out, "steps": step, "epochs_completed": epoch, "ranks": backend.size,
+               "backend": backend.name, "launcher": backend.world.launcher, "global_batch": global_batch,
+               "samples_per_second": samples_done / elapsed if elapsed > 0 else None,
+               "samples_per_second_per_rank": samples_done / elapsed / backend.size if elapsed > 0 else None,
+               "data_wait_seconds": wait, "compute_seconds": compute, "wall_seconds": elapsed,
+               "checkpoint": last_ckpt}
+    return summary, unwrap(model), backend
