@@ -113,12 +113,12 @@ def apply_symmetry(x, perm, flips, vector=False):
             raise ValueError(f"a vector field needs 3 channels, got shape {tuple(x.shape)}")
         sign = [-1.0 if f else 1.0 for f in flips]
         if is_torch:
-            comp = y.index_select(cdim, torch.as_tensor(np.argsort(perm), device=y.device))
+            comp = y.index_select(cdim, torch.as_tensor(perm, device=y.device))
             shape = [1] * y.ndim
             shape[cdim] = 3
             y = comp * torch.as_tensor(sign, dtype=y.dtype, device=y.device).reshape(shape)
         else:
-            comp = np.take(y, list(np.argsort(perm)), axis=cdim)
+            comp = np.take(y, list(perm), axis=cdim)
             shape = [1] * y.ndim
             shape[cdim] = 3
             y = comp * np.asarray(sign, dtype=y.dtype).reshape(shape)
