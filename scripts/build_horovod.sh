@@ -7,7 +7,7 @@
 # 1. If `import horovod.torch` already works in VENV: nothing to do.
 # 2. Else, if the wheel cache holds a horovod wheel built for this Python and this
 #    torch version, pip-install it (seconds).
-# 3. Else build the wheel from the PyPI sdist (10-15 minutes on 2 cores), store it in
+# 3. Else build the wheel from the PyPI sdist (about 10 minutes on 2 cores), store it in
 #    the cache and install it.  With --no-build (or HOROVOD_NO_BUILD=1) this step is
 #    skipped and the script exits 0 without horovod (tests needing it then skip).
 #
@@ -21,6 +21,7 @@
 #   COSMONET_WHEEL_CACHE   wheel cache root (default ~/.cache/cosmonet/wheels)
 #   HOROVOD_BUILD_JOBS     parallel compile jobs (default 2)
 #   HOROVOD_NO_BUILD=1     same as --no-build
+#   HOROVOD_GPU_OPERATIONS kept if set (NCCL on a GPU cluster); unset for the CPU build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +32,7 @@ VENV=""
 for arg in "$@"; do
   case "$arg" in
     --no-build) NO_BUILD=1 ;;
-    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "build_horovod: unknown option $arg" >&2; exit 2 ;;
     *) VENV=$arg ;;
   esac
@@ -63,7 +64,9 @@ if ! TORCH_VERSION=$("$PY" -c 'import torch;print(torch.__version__)' 2>/dev/nul
   exit 1
 fi
 PY_TAG=$("$PY" -c 'import sys;print("cp%d%d" % sys.version_info[:2])')
-CACHE_DIR="$CACHE_ROOT/horovod-$HVD_VERSION-$PY_TAG-torch$TORCH_VERSION"
+# A GPU build (HOROVOD_GPU_OPERATIONS=NCCL, see docs/horovod.md) gets its own directory.
+GPU_TAG=${HOROVOD_GPU_OPERATIONS:+-gpu$HOROVOD_GPU_OPERATIONS}
+CACHE_DIR="$CACHE_ROOT/horovod-$HVD_VERSION-$PY_TAG-torch$TORCH_VERSION$GPU_TAG"
 find_wheel() { compgen -G "$CACHE_DIR/horovod-$HVD_VERSION-$PY_TAG-*.whl" | head -n 1 || true; }
 
 install_wheel() {  # install_wheel WHEEL -> 0 when horovod.torch imports afterwards
@@ -87,7 +90,7 @@ if [ -n "$WHEEL" ]; then
 fi
 
 if [ "$NO_BUILD" = 1 ]; then
-  say "no cached wheel in $CACHE_DIR and --no-build given: skipping horovod (run 'make horovod' to build it, 10-15 min)"
+  say "no cached wheel in $CACHE_DIR and --no-build given: skipping horovod (run 'make horovod' to build it, about 10 min)"
   exit 0
 fi
 
@@ -180,11 +183,13 @@ fi
 export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 \
        HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
        MAKEFLAGS="-j$JOBS" CMAKE_POLICY_VERSION_MINIMUM=3.5
-unset HOROVOD_GPU_OPERATIONS HOROVOD_GPU_ALLREDUCE HOROVOD_GPU_BROADCAST HOROVOD_GPU
+if [ -n "${HOROVOD_GPU_OPERATIONS:-}" ]; then
+  mpi_desc="$mpi_desc, GPU ops: $HOROVOD_GPU_OPERATIONS"
+fi
 say "  horovod $HVD_VERSION, torch $TORCH_VERSION, Python $PY_TAG, $mpi_desc, -j$JOBS"
 
 LOG="$CACHE_DIR/build.log"
-say "step 3/5: pip wheel horovod==$HVD_VERSION (about 10-15 min on 2 cores; log: $LOG)"
+say "step 3/5: pip wheel horovod==$HVD_VERSION (about 10 min on 2 cores; log: $LOG)"
 (
   while sleep 120 >/dev/null 2>&1; do say "  ... still building ($(elapsed))"; done
 ) &
