@@ -7,7 +7,7 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export OMPI_MCA_rmaps_base_oversubscribe := 1
 DEMO_OUT ?= out/demo
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench clean horovod
 
 setup:
 	@bash scripts/setup_env.sh
@@ -21,6 +21,11 @@ demo: setup
 	mpirun -np 2 $(VENV)/bin/cosmonet simulate configs/demo.yaml --out $(DEMO_OUT)/campaign
 	$(VENV)/bin/cosmonet verify $(DEMO_OUT)/campaign
 	@echo "demo: wrote $(DEMO_OUT)/sim.h5, $(DEMO_OUT)/power.json, $(DEMO_OUT)/power.png and the campaign $(DEMO_OUT)/campaign"
+
+# Horovod 0.28.1 built against this torch and OpenMPI (docs/horovod.md); ~10 minutes the
+# first time, then installed from the wheel cache in seconds.
+horovod: setup
+	@bash scripts/build_horovod.sh $(VENV)
 
 test: setup
 	$(PY) -m pytest tests -q -ra

@@ -23,7 +23,7 @@
 #   HOROVOD_NO_BUILD=1     same as --no-build
 #   HOROVOD_GPU_OPERATIONS kept if set (NCCL on a GPU cluster); unset for the CPU build
 set -euo pipefail
-cd "$(dirname "$0")/.."
+REPO=$(cd "$(dirname "$0")/.." && pwd)
 
 HVD_VERSION=0.28.1
 NO_BUILD=${HOROVOD_NO_BUILD:-0}
@@ -37,7 +37,8 @@ for arg in "$@"; do
     *) VENV=$arg ;;
   esac
 done
-VENV=${VENV:-${VENV_ENV:-.venv}}
+VENV=${VENV:-$VENV_ENV}   # relative to the current directory; default: the repository's .venv
+VENV=${VENV:-$REPO/.venv}
 PY="$VENV/bin/python"
 CACHE_ROOT=${COSMONET_WHEEL_CACHE:-$HOME/.cache/cosmonet/wheels}
 JOBS=${HOROVOD_BUILD_JOBS:-2}
@@ -70,6 +71,12 @@ CACHE_DIR="$CACHE_ROOT/horovod-$HVD_VERSION-$PY_TAG-torch$TORCH_VERSION$GPU_TAG"
 find_wheel() { compgen -G "$CACHE_DIR/horovod-$HVD_VERSION-$PY_TAG-*.whl" | head -n 1 || true; }
 
 install_wheel() {  # install_wheel WHEEL -> 0 when horovod.torch imports afterwards
+  # A horovod that does not import (e.g. built for another torch) has the same version
+  # number, and pip would keep it: remove it first.
+  if "$VENV/bin/pip" show -q horovod >/dev/null 2>&1; then
+    say "pip uninstall the horovod in $VENV that does not import"
+    "$VENV/bin/pip" uninstall -q -y horovod >/dev/null 2>&1 || true
+  fi
   say "pip install $1"
   "$VENV/bin/pip" install -q --no-input "$1"
   hvd_imports
@@ -84,7 +91,7 @@ if [ -n "$WHEEL" ]; then
   fi
   say "WARNING: cached wheel installed but 'import horovod.torch' fails:" >&2
   "$PY" -c 'import horovod.torch' 2>&1 | tail -n 5 >&2 || true
-  say "moving it aside ($WHEEL.broken) and rebuilding" >&2
+  say "moving it aside ($WHEEL.broken)" >&2
   mv -f "$WHEEL" "$WHEEL.broken"
   "$VENV/bin/pip" uninstall -q -y horovod >/dev/null 2>&1 || true
 fi

@@ -82,6 +82,21 @@ def test_two_ranks_equal_one_rank_with_double_batch(campaign, tmp_path):
 
 
 @pytest.mark.mpi
+def test_horovod_two_ranks_equal_one_rank_with_double_batch(campaign, tmp_path):
+    pytest.importorskip("horovod.torch", reason="horovod not built (make horovod)")
+    one = write_config(tmp_path / "one.yaml", campaign, tmp_path / "one", batch_size=4, max_steps=3)
+    two = write_config(tmp_path / "two.yaml", campaign, tmp_path / "two", batch_size=2, max_steps=3,
+                       backend="horovod")
+    run_train([one], n=1)
+    proc = run_train([two], n=2)
+    assert "(horovod, mpirun)" in proc.stderr
+    p1, _ = final_params(tmp_path / "one")
+    p2, s2 = final_params(tmp_path / "two")
+    assert s2["world_size"] == 2
+    assert_same_params(p1, p2, atol=2e-5)
+
+
+@pytest.mark.mpi
 def test_torchrun_launcher_matches_mpirun(campaign, tmp_path):
     cfg = write_config(tmp_path / "t.yaml", campaign, tmp_path / "tr", batch_size=2, max_steps=2)
     ref = write_config(tmp_path / "r.yaml", campaign, tmp_path / "mp", batch_size=2, max_steps=2)

@@ -207,7 +207,7 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
             if float(backend.allreduce_sum(torch.tensor([0.0 if math.isfinite(float(lossv)) else 1.0]))) > 0:
                 raise TrainingError(f"non-finite loss at step {step + 1}; training stopped, last good "
                                     f"checkpoint: {last_ckpt}")
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
