@@ -91,8 +91,11 @@ def evaluate_d3m(model, dataset, scale, device="cpu", max_boxes=None):
             dens_acc.add(m + "_x_true", binned_power(pm, dens[m], dens["true"]))
         disp_acc.n += 1
         dens_acc.n += 1
-        if first is None:
-            first = {m: pm.c2r(dens[m]) for m in dens}
+        if first is None:       # density contrast slices (plain CIC, no window correction)
+            first = {}
+            for m, f in list(fields.items()) + [("true", true)]:
+                pos = np.mod(q + f, box).reshape(3, -1).T
+                first[m] = pm.paint(pos) - 1.0     # one particle per cell on average
     report = {"n_boxes": n, "box_size": box, "nc": nc,
               "displacement_error": {m: err_num[m] / err_den for m in METHODS},
               "displacement_error_definition": "<|psi_x - psi_true|> / <|psi_true|> over all particles",
@@ -124,17 +127,18 @@ def plot_report(report, slices, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     nc = report["nc"]
     s = nc // 2
-    panels = [("FastPM (truth)", slices["true"]), ("2LPT", slices["lpt2"]), ("U-Net", slices["model"]),
-              ("FastPM - 2LPT", slices["true"] - slices["lpt2"]), ("FastPM - U-Net", slices["true"] - slices["model"])]
+    panels = [("FastPM (truth)", slices["true"], False), ("2LPT", slices["lpt2"], False),
+              ("U-Net", slices["model"], False), ("FastPM minus 2LPT", slices["true"] - slices["lpt2"], True),
+              ("FastPM minus U-Net", slices["true"] - slices["model"], True)]
     vmax = np.percentile(np.abs(slices["true"][s]), 99)
-    fig, axes = plt.subplots(1, 5, figsize=(17, 3.6))
-    for ax, (title, field) in zip(axes, panels):
-        im = ax.imshow(field[s], origin="lower", cmap="RdBu_r" if "-" in title else "magma",
-                       vmin=-vmax if "-" in title else -1, vmax=vmax,
+    fig, axes = plt.subplots(1, 5, figsize=(17, 3.9))
+    for ax, (title, field, residual) in zip(axes, panels):
+        im = ax.imshow(field[s], origin="lower", cmap="RdBu_r" if residual else "magma",
+                       vmin=-vmax if residual else -1, vmax=vmax,
                        extent=[0, report["box_size"], 0, report["box_size"]])
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("Mpc/h")
-    fig.colorbar(im, ax=axes, shrink=0.8, label=r"$\delta$")
+        fig.colorbar(im, ax=ax, shrink=0.75, label=r"$\delta$" if not residual else r"$\Delta\delta$")
     path = os.path.join(out_dir, "density_slices.png")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)

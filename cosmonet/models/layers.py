@@ -179,40 +179,6 @@ def _check_choice(name, value, choices):
 
 
 # --------------------------------------------------------------------------- convolutions
-#: Route batch-1 float32 CPU convolutions straight to oneDNN (see ``conv3d``).
-ONEDNN_FOR_BATCH_ONE = True
-
-
-def _use_onednn(x, weight):
-    return (ONEDNN_FOR_BATCH_ONE and x.shape[0] == 1 and x.device.type == "cpu"
-            and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and not torch.is_autocast_enabled("cpu"))
-
-
-def conv3d(x, weight, bias=None, stride=1):
-    """``F.conv3d(x, weight, bias, stride)`` without padding, groups or dilation.
-
-    For a batch of one on the CPU (float32, no autocast) torch's backend heuristic
-    chooses its native im2col convolution over oneDNN whenever N*C*D*H < 20480 (a cut-off
-    tuned for 2D images), i.e. for every 3^3 layer of a width-16 U-Net on 32^3 boxes,
-    which then runs single-threaded at ~5-10 GFLOP/s instead of ~70-100 (8x slower
-    training steps, measured on 2 EPYC cores); such calls go straight to oneDNN
-    (``torch.mkldnn_convolution``, autograd-aware) instead. Same result to float32
-    rounding; ``ONEDNN_FOR_BATCH_ONE = False`` turns it off.
-    """
-    if _use_onednn(x, weight):
-        return torch.mkldnn_convolution(x, weight, bias, (0, 0, 0), _triple(stride), (1, 1, 1), 1)
-    return F.conv3d(x, weight, bias, stride)
-
-
-class _Conv3d(nn.Conv3d):
-    """``nn.Conv3d`` (padding 0, no groups/dilation) whose forward uses ``conv3d``."""
-
-    def forward(self, x):
-        return conv3d(x, self.weight, self.bias, self.stride)
-
-
 class PeriodicConv3d(nn.Module):
     """3D convolution on a periodic box: circular padding, then a valid ``nn.Conv3d``.
 
@@ -230,7 +196,7 @@ class PeriodicConv3d(nn.Module):
         self.kernel_size, self.stride = k, s
         total = k - s
         self.pad = (total // 2, total - total // 2)
-        self.conv = _Conv3d(in_channels, out_channels, k, stride=s, padding=0, bias=bias)
+        self.conv = nn.Conv3d(in_channels, out_channels, k, stride=s, padding=0, bias=bias)
 
     def forward(self, x):
         if self.stride > 1 and any(n % self.stride for n in x.shape[2:]):
