@@ -34,30 +34,31 @@ def is_vector_field(name):
 
 class PairDataset(Dataset):
     """(input, target) pairs from a campaign, divided by ``scale``, with per-sample
-    symmetry augmentation seeded by (seed, epoch, index)."""
+    symmetry augmentation seeded by (seed, epoch, index).
+
+    Item ``epoch * len + index`` is sample ``index`` as augmented in ``epoch`` (what
+    :class:`ShardedBatchSampler` yields); plain indices below ``len`` are epoch 0.
+    """
 
     def __init__(self, base, scale, augment, seed, vector_flags):
         self.base, self.scale, self.augment, self.seed = base, float(scale), augment, int(seed)
         self.vector_flags = vector_flags
-        self.epoch = 0
         if augment:
             from ..data import all_symmetries
             self.symmetries = all_symmetries()
 
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
-
     def __len__(self):
         return len(self.base)
 
-    def __getitem__(self, i):
+    def __getitem__(self, item):
+        epoch, i = divmod(int(item), len(self.base))
         tensors = [t / self.scale for t in self.base[i]]
         if self.augment:
             from ..data import apply_symmetry
-            rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+            rng = np.random.default_rng([self.seed, epoch, i])
             perm, flips = self.symmetries[int(rng.integers(len(self.symmetries)))]
             tensors = [apply_symmetry(t, perm, flips, vector=v) for t, v in zip(tensors, self.vector_flags)]
-        return tuple(tensors) + (int(i),)
+        return tuple(tensors) + (i,)
 
 
 def _say(backend, msg):
@@ -181,13 +182,14 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
     samples_done = 0
     stop = step >= max_steps
     model.train()
+    # one loader for the whole run: its workers persist across epochs (the sampler's
+    # indices carry the epoch), so no worker start-up is paid per epoch
+    loader = DataLoader(train_set, batch_size=t_cfg["batch_size"], sampler=sampler,
+                        num_workers=d_cfg["num_workers"], drop_last=True,
+                        persistent_workers=d_cfg["num_workers"] > 0, pin_memory=device.type == "cuda")
     while not stop and epoch < t_cfg["epochs"]:
         sampler.set_epoch(epoch)
         sampler.set_start(batch_in_epoch)
-        train_set.set_epoch(epoch)
-        loader = DataLoader(train_set, batch_size=t_cfg["batch_size"], sampler=sampler,
-                            num_workers=d_cfg["num_workers"], drop_last=True,
-                            persistent_workers=False, pin_memory=device.type == "cuda")
         t0 = time.perf_counter()
         for x, y, idx in loader:
             t1 = time.perf_counter()

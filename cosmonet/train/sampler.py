@@ -5,6 +5,9 @@ is ``perm[t * B : (t + 1) * B]`` with B = batch_per_rank * size, and rank r take
 elements r, r + size, ... So 2 ranks with batch b see, together, exactly the samples that
 1 rank with batch 2b sees, step by step; with gradients averaged over ranks the training
 trajectories agree. ``set_start(t)`` skips the first t batches (resume mid-epoch).
+
+The sampler yields ``epoch * n + index``: the dataset decodes the epoch from it, so
+DataLoader workers that persist across epochs still draw each epoch's augmentation.
 """
 import numpy as np
 from torch.utils.data import Sampler
@@ -42,8 +45,9 @@ class ShardedBatchSampler(Sampler):
         return [perm[t * B:(t + 1) * B] for t in range(self.batches_per_epoch)]
 
     def __iter__(self):
+        offset = self.epoch * self.n
         for batch in self.global_batches()[self.start:]:
-            yield from (int(i) for i in batch[self.rank::self.size])
+            yield from (offset + int(i) for i in batch[self.rank::self.size])
 
     def __len__(self):
         return (self.batches_per_epoch - self.start) * self.batch_per_rank
