@@ -62,8 +62,9 @@ def load_checkpoint(path, expect_signature=None):
     """Load a checkpoint (on CPU); check that it holds the expected model."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
-        raise InputError(f"checkpoint {path}: cannot be read ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:   # torch.load fails in many ways (pickle, zip, EOF): all mean "not readable"
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"checkpoint {path}: cannot be read ({first})") from None
     if not isinstance(state, dict) or "model" not in state or "model_signature" not in state:
         raise InputError(f"checkpoint {path}: not a cosmonet checkpoint")
     if expect_signature is not None and state["model_signature"] != expect_signature:

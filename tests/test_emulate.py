@@ -1,0 +1,67 @@
+"""Emulation of boxes larger than the training size: periodic tiles equal the whole box."""
+import json
+import os
+import subprocess
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from cosmonet.emulate import emulate_box, load_emulator, receptive_radius
+from cosmonet.models import build_model, model_signature
+from cosmonet.train.checkpoint import save_checkpoint
+from mpi_util import cosmonet_exe
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("unet", base_channels=4, depth=2, norm="batch", residual=True)
+    with torch.no_grad():                      # non-trivial running statistics
+        model.train()
+        model(torch.randn(2, 3, 16, 16, 16))
+    out = tmp_path_factory.mktemp("ckpt")
+    path = save_checkpoint(str(out), {"model": model.state_dict(), "model_signature": model_signature(model),
+                                      "step": 7, "normalization": {"scale": 5.0}})
+    return path
+
+
+def test_tiles_equal_the_whole_box(checkpoint):
+    model, norm, _ = load_emulator(checkpoint)
+    r = receptive_radius(model)
+    assert 4 <= r < 32
+    disp = np.random.default_rng(1).normal(0, 4, (3, 64, 64, 64)).astype(np.float32)
+    whole = emulate_box(model, disp, norm["scale"])
+    tiled = emulate_box(model, disp, norm["scale"], tile=16)           # margin: measured radius
+    learned = np.abs(whole - disp).max()          # the network's part (the rest is the residual input)
+    np.testing.assert_allclose(tiled, whole, atol=1e-4 * learned)
+    # too little context is visibly wrong (the test can fail)
+    short = emulate_box(model, disp, norm["scale"], tile=16, margin=0)
+    assert np.abs(short - whole).max() > 1e-2 * learned
+
+
+def test_emulate_command_on_a_run_sim_file(checkpoint, tmp_path):
+    sim = tmp_path / "sim.h5"
+    subprocess.run([cosmonet_exe(), "run-sim", "--nc", "32", "--box", "128", "--steps", "1", "--out", sim,
+                    "--quiet"], check=True, capture_output=True)
+    out = tmp_path / "emu.h5"
+    proc = subprocess.run([cosmonet_exe(), "emulate", "--checkpoint", checkpoint, "--input", sim, "--out", out,
+                           "--tile", "16"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["n"] == 32
+    with h5py.File(out, "r") as f, h5py.File(sim, "r") as g:
+        pred = f["emulated/disp"][...]
+        assert pred.shape == (3, 32, 32, 32) and f.attrs["nc"] == 32
+        model, norm, _ = load_emulator(checkpoint)
+        np.testing.assert_allclose(pred, emulate_box(model, g["za/disp"][...], norm["scale"]), atol=1e-4)
+
+
+def test_checkpoint_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    proc = subprocess.run([cosmonet_exe(), "emulate", "--checkpoint", bad, "--input", bad, "--out",
+                           tmp_path / "o.h5"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "bad.pt" in proc.stderr
