@@ -166,3 +166,13 @@ def test_bad_train_config_is_one_line(campaign, tmp_path, bad, field):
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and field in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_density_loss_term_trains(campaign, tmp_path):
+    cfg = write_config(tmp_path / "d.yaml", campaign, tmp_path / "d", max_steps=2, density_weight=1.0)
+    run_train([cfg])
+    log = [json.loads(x) for x in open(tmp_path / "d" / "train_log.jsonl") if '"loss"' in x]
+    plain = write_config(tmp_path / "p.yaml", campaign, tmp_path / "p", max_steps=2)
+    run_train([plain])
+    log0 = [json.loads(x) for x in open(tmp_path / "p" / "train_log.jsonl") if '"loss"' in x]
+    assert np.isfinite(log[0]["loss"]) and log[0]["loss"] > log0[0]["loss"]    # the density term adds

@@ -26,6 +26,7 @@ train:
   checkpoint_every: 100          # steps
   log_every: 10                  # steps
   seed: 0
+  density_weight: 0.0            # > 0 adds weight x MSE of the CIC densities of q + psi
 out: runs/d3m_small
 ```
 """
@@ -42,7 +43,7 @@ DEFAULTS = {
              "val_split": "val", "test_split": "test", "scale": 6.0, "augment": True, "num_workers": 1},
     "train": {"backend": "ddp", "batch_size": 4, "base_batch": 4, "lr": 1e-3, "epochs": 10, "max_steps": 0,
               "optimizer": "adam", "weight_decay": 0.0, "scheduler": "cosine", "checkpoint_every": 100,
-              "log_every": 10, "seed": 0},
+              "log_every": 10, "seed": 0, "density_weight": 0.0},
     "out": "runs/train",
 }
 _TYPES = {
@@ -51,6 +52,7 @@ _TYPES = {
     "train.backend": str, "train.batch_size": int, "train.base_batch": int, "train.lr": float,
     "train.epochs": int, "train.max_steps": int, "train.optimizer": str, "train.weight_decay": float,
     "train.scheduler": str, "train.checkpoint_every": int, "train.log_every": int, "train.seed": int,
+    "train.density_weight": float,
     "out": str,
 }
 _CHOICES = {"train.backend": ("ddp", "horovod"), "train.optimizer": ("adam", "sgd"),
@@ -76,6 +78,8 @@ def _check(path, value):
         raise InputError(f"train config: {path} must be >= {_MINIMUM[path]} (got {value})")
     if want is float and path in ("train.lr", "data.scale") and not value > 0:
         raise InputError(f"train config: {path} must be > 0 (got {value})")
+    if path == "train.density_weight" and not value >= 0:
+        raise InputError(f"train config: {path} must be >= 0 (got {value})")
     return value
 
 

@@ -91,6 +91,15 @@ def _loss_fn(pred, target):
     return torch.mean((pred - target) ** 2)
 
 
+def _make_loss(cfg, box):
+    from .losses import displacement_loss
+    weight = cfg["train"]["density_weight"]
+    scale = cfg["data"]["scale"]
+    if weight == 0:
+        return _loss_fn
+    return lambda pred, target: displacement_loss(pred, target, scale, box, weight)
+
+
 def evaluate_loss(model, dataset, backend, batch_size, device):
     """Mean loss over ``dataset`` (every rank takes a share), averaged over ranks."""
     model.eval()
@@ -134,6 +143,7 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
                                       seed=t_cfg["seed"])
     except ValueError as exc:
         raise InputError(f"train config: {exc} (train split of {d_cfg['root']})") from None
+    train_loss = _make_loss(cfg, float(train_base.box_size))
     steps_per_epoch = sampler.batches_per_epoch
     total_steps = steps_per_epoch * t_cfg["epochs"]
     global_batch = sampler.global_batch
@@ -204,7 +214,7 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
                                     f"{last_ckpt}")
             with autocast:
                 pred = model(x)
-                loss = _loss_fn(pred.float(), y)
+                loss = train_loss(pred.float(), y)
             lossv = loss.detach().reshape(1).double().cpu()
             if float(backend.allreduce_sum(torch.tensor([0.0 if math.isfinite(float(lossv)) else 1.0]))) > 0:
                 raise TrainingError(f"non-finite loss at step {step + 1}; training stopped, last good "
