@@ -45,20 +45,22 @@ CPU, threads, load average at start and end, torch/CUDA/cuDNN versions and git c
 """
 import argparse
 import json
-import math
 import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-if REPO not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
+from bench_common import cpu_model, git_state  # noqa: E402
+from bench_common import sig as _sig  # noqa: E402
+
+
+def sig(x, digits=5):
+    return _sig(x, digits)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -76,37 +78,11 @@ def log(msg):
     print(f"[bench_conv] {msg}", file=sys.stderr, flush=True)
 
 
-def sig(x, digits=5):
-    if isinstance(x, float):
-        return x if x == 0 or not math.isfinite(x) else float(f"{x:.{digits}g}")
-    if isinstance(x, dict):
-        return {k: sig(v, digits) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [sig(v, digits) for v in x]
-    return x
 
 
 # --------------------------------------------------------------------------- machine
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
-def git_state():
-    try:
-        head = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return {"commit": head or None, "dirty": bool(dirty)}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
 
 
 def machine_info():

@@ -35,9 +35,13 @@ from contextlib import contextmanager
 from importlib import metadata
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-if REPO not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
+from bench_common import REPO, cpu_model, git_state  # noqa: E402
+from bench_common import sig as _sig  # noqa: E402
+
+
+def sig(x, digits=6):
+    return _sig(x, digits)
 
 FLOP_CONVENTION = ("GFLOP/s = 5 N log2(N) / t_pair / 1e9 with N = Nmesh^3: a complex 3D FFT of N "
                    "points counts 5 N log2 N flops, a real transform (r2c or c2r) counts half of that, "
@@ -62,17 +66,6 @@ def log(comm, msg):
         print(f"[bench_sim] {msg}", file=sys.stderr, flush=True)
 
 
-def sig(x, digits=6):
-    """Round floats (recursively) to ``digits`` significant digits for a readable JSON."""
-    if isinstance(x, float):
-        if x == 0 or not math.isfinite(x):
-            return x
-        return float(f"{x:.{digits}g}")
-    if isinstance(x, dict):
-        return {k: sig(v, digits) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [sig(v, digits) for v in x]
-    return x
 
 
 def version_of(dist):
@@ -82,26 +75,8 @@ def version_of(dist):
         return None
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
-def git_state():
-    try:
-        head = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return {"commit": head or None, "dirty": bool(dirty)}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
 
 
 def machine_info(comm=None):

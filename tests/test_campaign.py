@@ -29,6 +29,8 @@ from mpi_util import cosmonet_exe, mpi_env, mpirun
 
 from cosmonet.config import load_config
 from cosmonet.sim.campaign import plan
+from cli_util import assert_clean_error as _assert_clean_error  # noqa: E402
+from cli_util import describe as _describe  # noqa: E402
 
 SMALL = dict(
     n_sims=6, nc=8, box=64.0, steps=2, boost=2, seed=7, shard_size=2,
@@ -66,8 +68,6 @@ def _cli_all(jobs):
         return {name: fut.result() for name, fut in futures.items()}
 
 
-def _describe(proc):
-    return f"exit {proc.returncode}\n--- stdout:\n{proc.stdout}\n--- stderr:\n{proc.stderr}"
 
 
 def _summary(proc):
@@ -77,16 +77,6 @@ def _summary(proc):
     return json.loads(lines[-1])
 
 
-def _assert_clean_error(proc, *needles):
-    """Exit 2, exactly one ``cosmonet: error:`` line naming the problem, no traceback."""
-    assert "Traceback" not in proc.stderr, _describe(proc)
-    assert proc.returncode == 2, _describe(proc)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, _describe(proc)
-    assert lines[0].startswith("cosmonet: error: "), _describe(proc)
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not named in the error line\n{_describe(proc)}"
-    assert proc.stdout.strip() == "", _describe(proc)
 
 
 def _snapshot(root):

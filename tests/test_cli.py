@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 
 from cosmonet.cosmology import Cosmology
+from cli_util import assert_clean_error as _assert_clean_error  # noqa: E402
+from cli_util import describe as _describe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "cosmonet.cli"]
@@ -65,8 +67,6 @@ def _listing(*dirs):
     return out
 
 
-def _describe(proc):
-    return f"exit {proc.returncode}\n--- stdout:\n{proc.stdout}\n--- stderr:\n{proc.stderr}"
 
 
 def _assert_ok(proc):
@@ -74,16 +74,6 @@ def _assert_ok(proc):
     assert "Traceback" not in proc.stderr, _describe(proc)
 
 
-def _assert_clean_error(proc, *needles):
-    """Exit 2, one ``cosmonet: error:`` line naming the problem, no traceback, no stdout."""
-    assert "Traceback" not in proc.stderr, _describe(proc)
-    assert proc.returncode == 2, _describe(proc)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, _describe(proc)
-    assert lines[0].startswith("cosmonet: error: "), _describe(proc)
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not named in the error line\n{_describe(proc)}"
-    assert proc.stdout.strip() == "", _describe(proc)
 
 
 def _load_json(path):

@@ -1,6 +1,5 @@
 """Emulation of boxes larger than the training size: periodic tiles equal the whole box."""
 import json
-import os
 import subprocess
 
 import h5py

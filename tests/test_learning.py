@@ -8,7 +8,6 @@ split), about 6 minutes on a quiet machine.
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 

@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from cosmonet.cosmology import Cosmology
 from cosmonet.growth import growth_for
 from cosmonet.mesh import ParticleMesh
 from cosmonet.sim.lpt import lpt2_displacement, lpt2_source_k, za_displacement
