@@ -58,12 +58,32 @@ def test_demo_config_is_valid():
     assert not cfg.splits or sum(cfg.splits.values()) == cfg.n_sims
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml"))),
-                         ids=os.path.basename)
-def test_shipped_configs_are_valid(path):
+def _shipped(kind):
+    """Shipped configs of one kind: campaigns hold n_sims, training configs a model section."""
+    import yaml
+    paths = sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml")))
+    key = "n_sims" if kind == "campaign" else "model"
+    return [p for p in paths if key in (yaml.safe_load(open(p)) or {})]
+
+
+@pytest.mark.parametrize("path", _shipped("campaign"), ids=os.path.basename)
+def test_shipped_campaign_configs_are_valid(path):
     cfg = load_config(path)
     specs = plan(cfg)
     assert len(specs) == cfg.n_sims and [s.index for s in specs] == list(range(cfg.n_sims))
+
+
+@pytest.mark.parametrize("path", _shipped("train"), ids=os.path.basename)
+def test_shipped_training_configs_are_valid(path):
+    from cosmonet.models import build_model
+    from cosmonet.train.config import load_train_config
+    cfg = load_train_config(path)
+    kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
+    build_model(cfg["model"]["name"], **kwargs)
+
+
+def test_every_shipped_config_is_checked():
+    assert len(_shipped("campaign")) + len(_shipped("train")) == len(glob.glob(os.path.join(REPO, "configs", "*.yaml")))
 
 
 def test_integers_are_accepted_for_float_keys():
