@@ -121,6 +121,8 @@ def _read_positions(path, name, comm):
     import h5py
     import numpy as np
 
+    from .io.simfile import lagrangian_grid, plain_attrs
+
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -130,7 +132,7 @@ def _read_positions(path, name, comm):
         if key not in f:
             raise InputError(f"{path} has no field '{name}' (has: "
                              f"{', '.join(sorted(k for k in f.keys() if f'{k}/disp' in f))})")
-        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        attrs = plain_attrs(f.attrs)
         missing = [k for k in ("nc", "box_size") if k not in attrs]
         if missing:
             raise InputError(f"{path} is not a cosmonet simulation file (no '{missing[0]}' attribute)")
@@ -138,8 +140,7 @@ def _read_positions(path, name, comm):
         rows = np.array_split(np.arange(nc), comm.size)[comm.rank]
         lo, hi = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 0)
         disp = f[key][:, lo:hi].astype(np.float64)
-    grid = np.arange(nc) * (box / nc)
-    q = np.stack(np.meshgrid(grid[lo:hi], grid, grid, indexing="ij"))
+    q = lagrangian_grid(nc, box, slice(lo, hi))
     pos = np.mod(q + disp, box).reshape(3, -1).T
     return pos, attrs
 

@@ -20,15 +20,11 @@ import torch
 from mpi4py import MPI
 
 from ..io.atomic import atomic_path
+from ..io.simfile import lagrangian_grid
 from ..mesh import ParticleMesh
 from .power import binned_power, density_k
 
 METHODS = ("model", "lpt2", "za")
-
-
-def lattice(nc, box):
-    g = np.arange(nc) * (box / nc)
-    return np.stack(np.meshgrid(g, g, g, indexing="ij"))
 
 
 class PowerAccumulator:
@@ -61,7 +57,7 @@ def evaluate_d3m(model, dataset, scale, device="cpu", max_boxes=None):
     """Report dict for ``model`` on ``dataset`` (fields za/disp, lpt2/disp, fastpm/disp)."""
     box, nc = float(dataset.box_size), int(dataset.nc)
     pm = ParticleMesh(nc, box, MPI.COMM_SELF, dtype=np.float64)
-    q = lattice(nc, box)
+    q = lagrangian_grid(nc, box)
     err_num = {m: 0.0 for m in METHODS}
     err_den = 0.0
     disp_acc, dens_acc = PowerAccumulator(), PowerAccumulator()
@@ -78,10 +74,8 @@ def evaluate_d3m(model, dataset, scale, device="cpu", max_boxes=None):
         err_den += true_norm.mean()
         for m, f in fields.items():
             err_num[m] += np.sqrt(((f - true) ** 2).sum(axis=0)).mean()
-        dens = {}
-        for m, f in list(fields.items()) + [("true", true)]:
-            pos = np.mod(q + f, box).reshape(3, -1).T
-            dens[m] = density_k(pm, pos, nc ** 3, "cic")
+        positions = {m: np.mod(q + f, box).reshape(3, -1).T for m, f in list(fields.items()) + [("true", true)]}
+        dens = {m: density_k(pm, pos, nc ** 3, "cic") for m, pos in positions.items()}
         disp_acc.add("true", _vector_power(pm, true))
         dens_acc.add("true", binned_power(pm, dens["true"]))
         for m, f in fields.items():
@@ -92,10 +86,7 @@ def evaluate_d3m(model, dataset, scale, device="cpu", max_boxes=None):
         disp_acc.n += 1
         dens_acc.n += 1
         if first is None:       # density contrast slices (plain CIC, no window correction)
-            first = {}
-            for m, f in list(fields.items()) + [("true", true)]:
-                pos = np.mod(q + f, box).reshape(3, -1).T
-                first[m] = pm.paint(pos) - 1.0     # one particle per cell on average
+            first = {m: pm.paint(pos) - 1.0 for m, pos in positions.items()}   # one particle per cell
     report = {"n_boxes": n, "box_size": box, "nc": nc,
               "displacement_error": {m: err_num[m] / err_den for m in METHODS},
               "displacement_error_definition": "<|psi_x - psi_true|> / <|psi_true|> over all particles",

@@ -41,11 +41,6 @@ def density_k(pm, pos, n_total, compensation="cic_shotnoise"):
     return delta_k / cic_window(pm, compensation)
 
 
-def field_k(pm, field):
-    """delta_k of a real-space field on the local slab (no window correction)."""
-    return pm.r2c(field)
-
-
 def k_edges(pm, dk=None, kmin=0.0, kmax=None):
     """Bin edges in h/Mpc (defaults: dk = k_fundamental, kmax = k_Nyquist + dk / 2)."""
     dk = pm.k_fundamental if dk is None else float(dk)

@@ -12,6 +12,7 @@ Root attributes: ``box_size`` (Mpc/h), ``nc``, ``a_final``, ``a_start``, ``steps
 or empty), ``code_version``.
 """
 import h5py
+import numpy as np
 
 from .. import __version__
 from .atomic import atomic_path
@@ -42,10 +43,16 @@ def write_simulation(path, result, extra_attrs=None):
     pm.comm.Barrier()
 
 
-def read_attrs(path):
-    """Root attributes of a simulation file as a plain dict."""
-    with h5py.File(path, "r") as f:
-        return {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+def plain_attrs(attrs):
+    """HDF5 attributes as a plain dict of Python scalars and strings."""
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in attrs.items()}
+
+
+def lagrangian_grid(nc, box, rows=slice(None)):
+    """q = (i, j, k) box / nc of the particles, (3, n_rows, nc, nc) in Mpc/h: the
+    index order of every displacement dataset (``rows`` selects planes of i)."""
+    g = np.arange(nc) * (box / nc)
+    return np.stack(np.meshgrid(g[rows], g, g, indexing="ij"))
 
 
 def read_field(path, name):

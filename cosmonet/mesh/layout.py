@@ -39,7 +39,6 @@ class Layout:
         self.send_counts = np.bincount(dest, minlength=comm.size).astype(np.int64)
         self.recv_counts = np.empty_like(self.send_counts)
         comm.Alltoall(self.send_counts, self.recv_counts)
-        self.n_owned = int(self.recv_counts.sum())
 
     def _alltoallv(self, data, send_counts, recv_counts):
         row = int(np.prod(data.shape[1:], dtype=np.int64)) * data.dtype.itemsize
