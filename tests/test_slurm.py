@@ -15,7 +15,10 @@ from slurm_util import PYTHON, cluster_logs, sbatch_and_wait, slurm_cluster, sta
 
 pytestmark = pytest.mark.slurm
 
-HELLO = "from mpi4py import MPI; c = MPI.COMM_WORLD; print('rank', c.rank, 'of', c.size, flush=True)"
+# one write(2) per rank: print() writes its pieces separately, and two ranks sharing the job's
+# output file could interleave them ("rank 0rank 1 of 2")
+HELLO = ("import sys; from mpi4py import MPI; c = MPI.COMM_WORLD; "
+         "sys.stdout.write('rank %d of %d\\n' % (c.rank, c.size)); sys.stdout.flush()")
 
 
 def write_job(tmp_path, name, body):
