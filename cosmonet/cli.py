@@ -276,28 +276,38 @@ def cmd_train(args):
 
 # --------------------------------------------------------------------------- evaluate / emulate
 def _add_evaluate(sub):
-    p = sub.add_parser("evaluate", help="evaluate a trained emulator on the test split (JSON + PNG)")
+    p = sub.add_parser("evaluate", help="evaluate a trained model on the test split (JSON + PNG): the D3M "
+                                        "emulator against 2LPT, or paramnet against a P(k) analysis")
     p.add_argument("config", help="the training YAML (its data section names the campaign and split)")
     p.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. runs/x/checkpoints/step_*.pt)")
     p.add_argument("--json", required=True, help="output JSON report")
     p.add_argument("--plots", default=None, help="directory for the PNG figures")
     p.add_argument("--max-boxes", type=int, default=None, help="evaluate at most this many test boxes")
+    p.add_argument("--k-max", type=float, default=None,
+                   help="paramnet: largest k (h/Mpc) of the P(k) baseline (default: see docs/params.md)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args):
-    from .analysis.d3m_eval import evaluate_d3m, plot_report, write_report
-    from .data import ShardDataset
     from .emulate import load_emulator
     from .io.atomic import check_writable_dir
     from .train.config import load_train_config
+    from .train.loop import is_param_task
 
     if _comm().rank != 0:
         return 0
     cfg = load_train_config(args.config, args.overrides)
     check_writable_dir(args.json)
-    model, norm, _ = load_emulator(args.checkpoint)
+    model, norm, state = load_emulator(args.checkpoint)
+    is_paramnet = hasattr(model, "split")
+    if is_paramnet != is_param_task(cfg):
+        raise InputError(f"checkpoint {args.checkpoint} holds model {state['model_signature']['name']!r}, "
+                         f"which does not fit the config's data.target {cfg['data']['target']!r}")
+    if is_paramnet:
+        return _evaluate_params(args, cfg, model, norm)
+    from .analysis.d3m_eval import evaluate_d3m, plot_report, write_report
+    from .data import ShardDataset
     d = cfg["data"]
     test = ShardDataset(d["root"], split=d["test_split"], fields=("za/disp", "lpt2/disp", d["target"]))
     report, slices = evaluate_d3m(model, test, norm["scale"], max_boxes=args.max_boxes)
@@ -305,6 +315,26 @@ def cmd_evaluate(args):
     write_report(report, args.json)
     plots = plot_report(report, slices, args.plots) if args.plots else []
     print(json.dumps({"json": args.json, "plots": plots, "displacement_error": report["displacement_error"]}))
+    return 0
+
+
+def _evaluate_params(args, cfg, model, norm):
+    """``cosmonet evaluate`` for paramnet: conv-net vs P(k) baseline vs constant (JSON + PNG)."""
+    from .analysis.param_eval import METHODS, evaluate_params, plot_params, write_report
+    from .data.subcubes import SubcubeDataset
+
+    d = cfg["data"]
+    ranges = {p: tuple(r) for p, r in norm["ranges"].items()}
+    kw = dict(size=norm["subcube"], params=norm["params"], scale=norm["scale"], ranges=ranges)
+    train = SubcubeDataset(d["root"], d["train_split"], **kw)
+    test = SubcubeDataset(d["root"], d["test_split"], max_boxes=args.max_boxes, **kw)
+    report, raw = evaluate_params(model, train, test, k_max=args.k_max)
+    report["checkpoint"] = os.path.abspath(args.checkpoint)
+    write_report(report, args.json)
+    plots = plot_params(report, raw, args.plots) if args.plots else []
+    table = {m: {p: {k: round(v, 5) for k, v in report[m][p].items() if k != "per_box"} for p in report["params"]}
+             for m in METHODS}
+    print(json.dumps({"json": args.json, "plots": plots, **table}))
     return 0
 
 

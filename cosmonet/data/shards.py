@@ -324,6 +324,15 @@ class ShardDataset(torch.utils.data.Dataset):
         return tuple(torch.from_numpy(np.ascontiguousarray(f[name][k], dtype=np.float32))
                      for name in self.fields)
 
+    def read_region(self, i, name, region):
+        """Part of field ``name`` of item ``i``: ``region`` is a tuple of slices over the
+        field's (C, n, n, n) axes; only that part is read from disk. A float32 tensor."""
+        path, k = self._locs[self._item(i)]
+        if name not in self.fields:
+            raise KeyError(f"field {name!r} was not selected (fields: {', '.join(self.fields)})")
+        return torch.from_numpy(np.ascontiguousarray(self._file(path)[name][(k,) + tuple(region)],
+                                                     dtype=np.float32))
+
     def rng(self, i):
         """The generator passed to the transform for item ``i`` (None without ``seed``)."""
         if self.seed is None:

@@ -58,8 +58,26 @@ def latest_checkpoint(out):
     return path if os.path.exists(path) else None
 
 
+def resolve_checkpoint(path):
+    """The checkpoint file meant by ``path``: a step_*.pt file, a run directory (its latest
+    checkpoint), or a ``checkpoints/latest`` pointer file."""
+    if os.path.isdir(path):
+        found = latest_checkpoint(path) or latest_checkpoint(os.path.dirname(os.path.normpath(path)))
+        if found is None:
+            raise InputError(f"checkpoint {path}: a directory without checkpoints/latest")
+        return found
+    if os.path.basename(path) == LATEST and os.path.isfile(path):
+        found = latest_checkpoint(os.path.dirname(os.path.dirname(os.path.abspath(path))))
+        if found is None:
+            raise InputError(f"checkpoint {path}: the file it names does not exist")
+        return found
+    return path
+
+
 def load_checkpoint(path, expect_signature=None):
-    """Load a checkpoint (on CPU); check that it holds the expected model."""
+    """Load a checkpoint (on CPU); check that it holds the expected model. ``path`` may
+    also be a run directory or its ``checkpoints/latest`` pointer (the newest checkpoint)."""
+    path = resolve_checkpoint(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:   # torch.load fails in many ways (pickle, zip, EOF): all mean "not readable"

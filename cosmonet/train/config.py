@@ -13,6 +13,8 @@ data:
   scale: 6.0                     # fields are divided by this (Mpc/h) before the network
   augment: true                  # the 48 symmetries of the cube, one per sample
   num_workers: 1
+  subcube: 0                     # parameter inference (target: params): sub-cube side in cells
+  params: [Omega_m, sigma8]      # parameter inference: the parameters to learn
 train:
   backend: ddp                   # or horovod
   batch_size: 4                  # per rank
@@ -40,7 +42,8 @@ from ..errors import InputError
 DEFAULTS = {
     "model": {"name": "unet"},
     "data": {"root": None, "input": "za/disp", "target": "fastpm/disp", "train_split": "train",
-             "val_split": "val", "test_split": "test", "scale": 6.0, "augment": True, "num_workers": 1},
+             "val_split": "val", "test_split": "test", "scale": 6.0, "augment": True, "num_workers": 1, "subcube": 0,
+             "params": ["Omega_m", "sigma8"]},
     "train": {"backend": "ddp", "batch_size": 4, "base_batch": 4, "lr": 1e-3, "epochs": 10, "max_steps": 0,
               "optimizer": "adam", "weight_decay": 0.0, "scheduler": "cosine", "checkpoint_every": 100,
               "log_every": 10, "seed": 0, "density_weight": 0.0},
@@ -49,6 +52,7 @@ DEFAULTS = {
 _TYPES = {
     "data.root": str, "data.input": str, "data.target": str, "data.train_split": str, "data.val_split": str,
     "data.test_split": str, "data.scale": float, "data.augment": bool, "data.num_workers": int,
+    "data.subcube": int, "data.params": list,
     "train.backend": str, "train.batch_size": int, "train.base_batch": int, "train.lr": float,
     "train.epochs": int, "train.max_steps": int, "train.optimizer": str, "train.weight_decay": float,
     "train.scheduler": str, "train.checkpoint_every": int, "train.log_every": int, "train.seed": int,
@@ -58,7 +62,8 @@ _TYPES = {
 _CHOICES = {"train.backend": ("ddp", "horovod"), "train.optimizer": ("adam", "sgd"),
             "train.scheduler": ("cosine", "constant")}
 _MINIMUM = {"train.batch_size": 1, "train.base_batch": 1, "train.epochs": 1, "train.max_steps": 0,
-            "train.checkpoint_every": 1, "train.log_every": 1, "data.num_workers": 0, "train.seed": 0}
+            "train.checkpoint_every": 1, "train.log_every": 1, "data.num_workers": 0, "train.seed": 0,
+            "data.subcube": 0}
 
 
 def _check(path, value):
@@ -78,6 +83,8 @@ def _check(path, value):
         raise InputError(f"train config: {path} must be >= {_MINIMUM[path]} (got {value})")
     if want is float and path in ("train.lr", "data.scale") and not value > 0:
         raise InputError(f"train config: {path} must be > 0 (got {value})")
+    if path == "data.params" and not (value and all(isinstance(p, str) for p in value)):
+        raise InputError(f"train config: data.params must be a non-empty list of parameter names (got {value!r})")
     if path == "train.density_weight" and not value >= 0:
         raise InputError(f"train config: {path} must be >= 0 (got {value})")
     return value

@@ -61,6 +61,18 @@ class PairDataset(Dataset):
         return tuple(tensors) + (i,)
 
 
+def _param_model_kwargs(cfg, kwargs, train_set):
+    """Fill paramnet's input_size and n_params from the data; InputError when they disagree."""
+    if cfg["model"]["name"] != "paramnet":
+        return kwargs
+    kwargs = dict(kwargs)
+    for key, value in (("input_size", train_set.size), ("n_params", len(train_set.params))):
+        if kwargs.setdefault(key, value) != value:
+            raise InputError(f"train config: model.{key} is {kwargs[key]} but the data give {value} "
+                             f"(data.subcube / data.params)")
+    return kwargs
+
+
 def _say(backend, msg):
     if backend.is_root:
         print(msg, file=sys.stderr, flush=True)
@@ -70,6 +82,28 @@ def _lr_lambda(kind, total_steps):
     if kind == "constant":
         return lambda step: 1.0
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+
+def is_param_task(cfg):
+    """True when the config trains parameter inference (data.target: params)."""
+    return cfg["data"]["target"] == "params"
+
+
+def build_param_datasets(cfg):
+    """Sub-cube datasets (train, validation or None) for parameter inference."""
+    from ..data.subcubes import SubcubeDataset
+    d, seed = cfg["data"], cfg["train"]["seed"]
+    if d["input"] != "density":
+        raise InputError(f"train config: parameter inference reads data.input: density (got {d['input']!r})")
+    kw = dict(size=d["subcube"], params=d["params"], scale=d["scale"])
+    train = SubcubeDataset(d["root"], d["train_split"], augment=d["augment"], seed=seed, **kw)
+    val = None
+    if d["val_split"]:
+        try:
+            val = SubcubeDataset(d["root"], d["val_split"], ranges=train.ranges, **kw)
+        except InputError:
+            val = None
+    return train, val
 
 
 def build_datasets(cfg):
@@ -91,8 +125,10 @@ def _loss_fn(pred, target):
     return torch.mean((pred - target) ** 2)
 
 
-def _make_loss(cfg, box):
+def _make_loss(cfg, box, model):
     from .losses import displacement_loss
+    if hasattr(model, "loss"):            # a model that defines its own loss (paramnet: MSE or Gaussian NLL)
+        return model.loss
     weight = cfg["train"]["density_weight"]
     scale = cfg["data"]["scale"]
     if weight == 0:
@@ -100,7 +136,7 @@ def _make_loss(cfg, box):
     return lambda pred, target: displacement_loss(pred, target, scale, box, weight)
 
 
-def evaluate_loss(model, dataset, backend, batch_size, device):
+def evaluate_loss(model, dataset, backend, batch_size, device, loss_fn=_loss_fn):
     """Mean loss over ``dataset`` (every rank takes a share), averaged over ranks."""
     model.eval()
     total = torch.zeros(2, dtype=torch.float64)
@@ -108,7 +144,7 @@ def evaluate_loss(model, dataset, backend, batch_size, device):
         for i in range(backend.rank, len(dataset), backend.size):
             x, y, _ = dataset[i]
             pred = model(x[None].to(device))
-            total[0] += float(_loss_fn(pred, y[None].to(device)))
+            total[0] += float(loss_fn(pred, y[None].to(device)))
             total[1] += 1
     backend.allreduce_sum(total)
     model.train()
@@ -127,6 +163,9 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
         os.makedirs(out, exist_ok=True)
     torch.manual_seed(t_cfg["seed"])
     model_kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
+    if is_param_task(cfg):
+        train_set, val_set = build_param_datasets(cfg)
+        model_kwargs = _param_model_kwargs(cfg, model_kwargs, train_set)
     try:
         model = build_model(cfg["model"]["name"], **model_kwargs).to(device)
     except (ValueError, TypeError) as exc:
@@ -135,15 +174,23 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last_3d)
 
-    train_base, val_base, flags = build_datasets(cfg)
-    train_set = PairDataset(train_base, d_cfg["scale"], d_cfg["augment"], t_cfg["seed"], flags)
-    val_set = PairDataset(val_base, d_cfg["scale"], False, t_cfg["seed"], flags) if val_base is not None else None
+    if is_param_task(cfg):
+        normalization = {"input": d_cfg["input"], "target": "params", "scale": d_cfg["scale"],
+                         "params": list(train_set.params), "ranges": {p: list(r) for p, r in train_set.ranges.items()},
+                         "subcube": train_set.size, "subcube_side": train_set.side}
+    else:
+        train_base, val_base, flags = build_datasets(cfg)
+        train_set = PairDataset(train_base, d_cfg["scale"], d_cfg["augment"], t_cfg["seed"], flags)
+        val_set = (PairDataset(val_base, d_cfg["scale"], False, t_cfg["seed"], flags)
+                   if val_base is not None else None)
+        normalization = {"input": d_cfg["input"], "target": d_cfg["target"], "scale": d_cfg["scale"]}
     try:
         sampler = ShardedBatchSampler(len(train_set), backend.rank, backend.size, t_cfg["batch_size"],
                                       seed=t_cfg["seed"])
     except ValueError as exc:
         raise InputError(f"train config: {exc} (train split of {d_cfg['root']})") from None
-    train_loss = _make_loss(cfg, float(train_base.box_size))
+    train_loss = _make_loss(cfg, float(train_set.base.box_size), model)
+    val_loss_fn = model.loss if hasattr(model, "loss") else _loss_fn
     steps_per_epoch = sampler.batches_per_epoch
     total_steps = steps_per_epoch * t_cfg["epochs"]
     global_batch = sampler.global_batch
@@ -175,7 +222,7 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
         return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch,
                 "batch_in_epoch": batch_in_epoch, "rng": rng_state(), "model_signature": signature,
-                "normalization": {"input": d_cfg["input"], "target": d_cfg["target"], "scale": d_cfg["scale"]},
+                "normalization": normalization,
                 "config": cfg, "world_size": backend.size}
 
     log_path = os.path.join(out, "train_log.jsonl")
@@ -252,7 +299,7 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
         epoch += 1
         batch_in_epoch = 0
         if val_set is not None:
-            val_loss = evaluate_loss(unwrap(model), val_set, backend, t_cfg["batch_size"], device)
+            val_loss = evaluate_loss(unwrap(model), val_set, backend, t_cfg["batch_size"], device, val_loss_fn)
             if backend.is_root:
                 log.write(json.dumps({"step": step, "epoch": epoch, "val_loss": val_loss}) + "\n")
                 log.flush()
