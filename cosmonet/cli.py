@@ -322,6 +322,7 @@ def _evaluate_params(args, cfg, model, norm):
     """``cosmonet evaluate`` for paramnet: conv-net vs P(k) baseline vs constant (JSON + PNG)."""
     from .analysis.param_eval import METHODS, evaluate_params, plot_params, write_report
     from .data.subcubes import SubcubeDataset
+    from .train.checkpoint import resolve_checkpoint
 
     d = cfg["data"]
     ranges = {p: tuple(r) for p, r in norm["ranges"].items()}
@@ -329,7 +330,7 @@ def _evaluate_params(args, cfg, model, norm):
     train = SubcubeDataset(d["root"], d["train_split"], **kw)
     test = SubcubeDataset(d["root"], d["test_split"], max_boxes=args.max_boxes, **kw)
     report, raw = evaluate_params(model, train, test, k_max=args.k_max)
-    report["checkpoint"] = os.path.abspath(args.checkpoint)
+    report["checkpoint"] = os.path.abspath(resolve_checkpoint(args.checkpoint))
     write_report(report, args.json)
     plots = plot_params(report, raw, args.plots) if args.plots else []
     table = {m: {p: {k: round(v, 5) for k, v in report[m][p].items() if k != "per_box"} for p in report["params"]}

@@ -5,8 +5,8 @@ one-line errors naming the field. ``--set section.key=value`` overrides any valu
 model: {name: unet, base_channels: 16, depth: 2, norm: batch, residual: true}
 data:
   root: data/d3m_small          # a campaign directory (cosmonet simulate)
-  input: za/disp                 # field fed to the network
-  target: fastpm/disp            # field it learns
+  input: za/disp                 # field fed to the network ("density" for parameter inference)
+  target: fastpm/disp            # field it learns, or "params" (parameter inference, docs/params.md)
   train_split: train
   val_split: val
   test_split: test
