@@ -41,14 +41,6 @@ def _collective_check(comm, fn):
         raise InputError(msg)
 
 
-def _write_json(path, obj):
-    from .io.atomic import atomic_path
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=1)
-            fh.write("\n")
-
-
 # --------------------------------------------------------------------------- run-sim
 def _add_run_sim(sub):
     p = sub.add_parser("run-sim", help="one ZA / 2LPT / FastPM simulation to an HDF5 file")
@@ -177,7 +169,8 @@ def cmd_power(args):
                shotnoise=box ** 3 / nc ** 3, compensation=args.compensation,
                a_final=attrs.get("a_final"), units={"k": "h/Mpc", "power": "(Mpc/h)^3"})
     if comm.rank == 0:
-        _write_json(args.json, out)
+        from .io.atomic import write_json
+        write_json(args.json, out)
         if args.plot:
             from .analysis.plots import plot_power
             from .cosmology import KEYS, Cosmology
@@ -306,13 +299,14 @@ def cmd_evaluate(args):
                          f"which does not fit the config's data.target {cfg['data']['target']!r}")
     if is_paramnet:
         return _evaluate_params(args, cfg, model, norm)
-    from .analysis.d3m_eval import evaluate_d3m, plot_report, write_report
+    from .analysis.d3m_eval import evaluate_d3m, plot_report
+    from .io.atomic import write_json
     from .data import ShardDataset
     d = cfg["data"]
     test = ShardDataset(d["root"], split=d["test_split"], fields=("za/disp", "lpt2/disp", d["target"]))
     report, slices = evaluate_d3m(model, test, norm["scale"], max_boxes=args.max_boxes)
     report["checkpoint"] = os.path.abspath(args.checkpoint)
-    write_report(report, args.json)
+    write_json(args.json, report)
     plots = plot_report(report, slices, args.plots) if args.plots else []
     print(json.dumps({"json": args.json, "plots": plots, "displacement_error": report["displacement_error"]}))
     return 0
@@ -320,7 +314,8 @@ def cmd_evaluate(args):
 
 def _evaluate_params(args, cfg, model, norm):
     """``cosmonet evaluate`` for paramnet: conv-net vs P(k) baseline vs constant (JSON + PNG)."""
-    from .analysis.param_eval import METHODS, evaluate_params, plot_params, write_report
+    from .analysis.param_eval import METHODS, evaluate_params, plot_params
+    from .io.atomic import write_json
     from .data.subcubes import SubcubeDataset
     from .train.checkpoint import resolve_checkpoint
 
@@ -331,7 +326,7 @@ def _evaluate_params(args, cfg, model, norm):
     test = SubcubeDataset(d["root"], d["test_split"], max_boxes=args.max_boxes, **kw)
     report, raw = evaluate_params(model, train, test, k_max=args.k_max)
     report["checkpoint"] = os.path.abspath(resolve_checkpoint(args.checkpoint))
-    write_report(report, args.json)
+    write_json(args.json, report)
     plots = plot_params(report, raw, args.plots) if args.plots else []
     table = {m: {p: {k: round(v, 5) for k, v in report[m][p].items() if k != "per_box"} for p in report["params"]}
              for m in METHODS}
@@ -390,6 +385,8 @@ def build_parser():
     _add_train(sub)
     _add_evaluate(sub)
     _add_emulate(sub)
+    from .probes.command import add_probe_parser
+    add_probe_parser(sub)
     return parser
 
 

@@ -3,34 +3,23 @@
 The full configuration (320 pairs, 8 epochs, about 9 minutes on 2 cores) reached a mean
 displacement error of 10.9% against 15.7% for 2LPT and 17.9% for ZA (docs/training.md).
 Here: the same configuration on 288 pairs (256 training, 32 held out, no validation
-split), about 6 minutes on a quiet machine.
+split), about 6 minutes on a quiet machine, trained once by the session fixture
+``trained_d3m`` (tests/conftest.py) that the probe tests share.
 """
 import json
-import os
 import subprocess
 
 import pytest
 
-from mpi_util import cosmonet_exe, mpi_env, mpirun
+from mpi_util import cosmonet_exe
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
 
 
-def test_small_unet_beats_2lpt_on_held_out_pairs(tmp_path):
-    pairs, run = tmp_path / "pairs", tmp_path / "run"
-    mpirun(2, [cosmonet_exe(), "simulate", os.path.join(ROOT, "configs", "d3m_pairs.yaml"), "--out", pairs,
-               "--quiet", "--set", "n_sims=288", "--set", "shard_size=32",
-               "--set", "splits={train: 256, val: 0, test: 32}"], timeout=600)
-    cfg = os.path.join(ROOT, "configs", "d3m_small.yaml")
-    sets = ["--set", f"data.root={pairs}", "--set", f"out={run}", "--set", "data.val_split=",
-            "--set", "train.log_every=32"]
-    proc = subprocess.run([cosmonet_exe(), "train", cfg] + sets, capture_output=True, text=True,
-                          env=mpi_env(), timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+def test_small_unet_beats_2lpt_on_held_out_pairs(trained_d3m, tmp_path):
+    cfg, sets = trained_d3m.config, trained_d3m.sets
     out = tmp_path / "eval.json"
-    proc = subprocess.run([cosmonet_exe(), "evaluate", cfg, "--checkpoint", summary["checkpoint"],
+    proc = subprocess.run([cosmonet_exe(), "evaluate", cfg, "--checkpoint", trained_d3m.checkpoint,
                            "--json", out, "--plots", tmp_path / "plots"] + sets[:4],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

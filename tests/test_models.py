@@ -320,8 +320,8 @@ def test_register_model(monkeypatch):
     assert model_signature(Tiny(width=3)) == model_signature(m)
     with pytest.raises(ValueError, match="already registered"):
         register_model("tiny")(UNet)
-    with pytest.raises(ValueError, match=r"known models: 'tiny', 'unet'"):
-        build_model("paramnet")
+    with pytest.raises(ValueError, match=r"known models: 'paramnet', 'tiny', 'unet'"):
+        build_model("resnet")
 
 
 def test_model_signature_round_trip():

@@ -161,11 +161,14 @@ def test_paramnet_follows_the_described_architecture():
 
 
 # --------------------------------------------------------------------------- trainer and bad input
-def test_train_writes_a_paramnet_checkpoint(campaign, tmp_path):
+@pytest.mark.mpi
+def test_train_writes_a_paramnet_checkpoint_under_mpirun(campaign, tmp_path):
+    """The same ``cosmonet train``: 2 ranks, DDP over gloo, launched by mpirun."""
     from cosmonet.train.checkpoint import latest_checkpoint, load_checkpoint
     cfg = train_config(tmp_path, campaign)
-    proc = subprocess.run([cosmonet_exe(), "train", cfg], capture_output=True, text=True, env=mpi_env(), timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = mpirun(2, [cosmonet_exe(), "train", cfg], timeout=300)
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (summary["ranks"], summary["backend"], summary["launcher"], summary["global_batch"]) == (2, "ddp", "mpirun", 4)
     state = load_checkpoint(latest_checkpoint(str(tmp_path / "run")))
     assert state["model_signature"]["name"] == "paramnet"
     assert state["model_signature"]["kwargs"]["input_size"] == 16          # filled from data.subcube

@@ -12,7 +12,6 @@ Measures, over the test boxes:
 Writes a JSON report and PNG figures: density slices (truth, 2LPT, model, and both
 residuals, as in the talk) and T(k), 1 - r(k)^2 curves.
 """
-import json
 import os
 
 import numpy as np
@@ -100,13 +99,6 @@ def evaluate_d3m(model, dataset, scale, device="cpu", max_boxes=None):
             section[f"r_{m}"] = (x / np.sqrt(p * p_true)).tolist()
         report[name] = section
     return report, first
-
-
-def write_report(report, path):
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as fh:
-            json.dump(report, fh, indent=1)
-            fh.write("\n")
 
 
 def plot_report(report, slices, out_dir):

@@ -13,7 +13,6 @@ same over boxes (``per_box``: the predictions of a box's sub-cubes averaged firs
 method gives uncertainties, ``coverage_68`` / ``coverage_95``: the fraction of test truths
 inside pred +- 1 sigma and pred +- 1.96 sigma.
 """
-import json
 import os
 import sys
 import time
@@ -136,13 +135,6 @@ def evaluate_params(model, train, test, k_max=None, log=sys.stderr):
     report["seconds"] = time.perf_counter() - t0
     raw = {"true": true, "pred": pred, "sigma": sigma, "boxes": boxes, "true_box": true_box}
     return report, raw
-
-
-def write_report(report, path):
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as fh:
-            json.dump(report, fh, indent=1)
-            fh.write("\n")
 
 
 def _save(fig, path):

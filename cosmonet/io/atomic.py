@@ -1,4 +1,5 @@
 """Write a file under a temporary name, fsync, then rename: readers never see half a file."""
+import json
 import os
 import tempfile
 from contextlib import contextmanager
@@ -50,3 +51,11 @@ def atomic_path(path):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json(path, obj):
+    """Write ``obj`` as indented JSON to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=1)
+            fh.write("\n")

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from .. import __version__
-from .atomic import atomic_path
+from .atomic import atomic_path, write_json
 
 SHARD_DIR = "shards"
 MANIFEST = "manifest.json"
@@ -44,13 +44,6 @@ def sha256_file(path, chunk=1 << 22):
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _write_json(path, obj):
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=1)
-            fh.write("\n")
 
 
 def field_shape(cfg, name):
@@ -109,7 +102,7 @@ class ShardWriter:
         record = {"shard": self.shard, "file": os.path.relpath(self.path, self.root),
                   "indices": [self.indices[0], self.indices[-1] + 1], "n": len(self.indices),
                   "sha256": sha256_file(self.path), "bytes": os.path.getsize(self.path)}
-        _write_json(record_path(self.root, self.shard), record)
+        write_json(record_path(self.root, self.shard), record)
         return record
 
     def abort(self):
@@ -160,5 +153,5 @@ def write_manifest(root, cfg, records, extra=None):
            "n_shards": cfg.n_shards, "fields": list(cfg.fields), "splits": cfg.splits,
            "shards": sorted(records, key=lambda r: r["shard"])}
     doc.update(extra or {})
-    _write_json(os.path.join(root, MANIFEST), doc)
+    write_json(os.path.join(root, MANIFEST), doc)
     return doc

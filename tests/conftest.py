@@ -1,0 +1,37 @@
+"""Shared fixtures. ``trained_d3m``: one small D3M emulator trained once per session.
+
+configs/d3m_small.yaml (U-Net, 16 base channels, depth 2), shortened to fit the suite:
+288 pairs of 32^3 particles in 128 Mpc/h (256 training, 32 held out, no validation
+split), about 6 minutes on 2 cores. ``tests/test_learning.py`` checks that it beats 2LPT;
+``tests/test_probes.py`` runs every probe on it. Only slow tests use it.
+"""
+import json
+import os
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+
+from mpi_util import cosmonet_exe, mpi_env, mpirun
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def trained_d3m(tmp_path_factory):
+    """SimpleNamespace(checkpoint, pairs, run, config, sets, summary): ``sets`` are the
+    ``--set`` overrides that point the training config at this run's pairs and output."""
+    tmp = tmp_path_factory.mktemp("trained_d3m")
+    pairs, run = tmp / "pairs", tmp / "run"
+    mpirun(2, [cosmonet_exe(), "simulate", os.path.join(ROOT, "configs", "d3m_pairs.yaml"), "--out", pairs,
+               "--quiet", "--set", "n_sims=288", "--set", "shard_size=32",
+               "--set", "splits={train: 256, val: 0, test: 32}"], timeout=600)
+    cfg = os.path.join(ROOT, "configs", "d3m_small.yaml")
+    sets = ["--set", f"data.root={pairs}", "--set", f"out={run}", "--set", "data.val_split=",
+            "--set", "train.log_every=32"]
+    proc = subprocess.run([cosmonet_exe(), "train", cfg] + sets, capture_output=True, text=True,
+                          env=mpi_env(), timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    return SimpleNamespace(checkpoint=summary["checkpoint"], pairs=pairs, run=run, config=cfg, sets=sets,
+                           summary=summary)
