@@ -293,7 +293,7 @@ def cmd_evaluate(args):
     cfg = load_train_config(args.config, args.overrides)
     check_writable_dir(args.json)
     model, norm, state = load_emulator(args.checkpoint)
-    is_paramnet = hasattr(model, "split")
+    is_paramnet = state["model_signature"]["name"] == "paramnet"
     if is_paramnet != is_param_task(cfg):
         raise InputError(f"checkpoint {args.checkpoint} holds model {state['model_signature']['name']!r}, "
                          f"which does not fit the config's data.target {cfg['data']['target']!r}")
@@ -328,8 +328,8 @@ def _evaluate_params(args, cfg, model, norm):
     report["checkpoint"] = os.path.abspath(resolve_checkpoint(args.checkpoint))
     write_json(args.json, report)
     plots = plot_params(report, raw, args.plots) if args.plots else []
-    table = {m: {p: {k: round(v, 5) for k, v in report[m][p].items() if k != "per_box"} for p in report["params"]}
-             for m in METHODS}
+    table = {m: {p: {k: round(v, 5) for k, v in report[m][p].items() if not k.startswith("per_box")}
+                 for p in report["params"]} for m in METHODS}
     print(json.dumps({"json": args.json, "plots": plots, **table}))
     return 0
 

@@ -228,6 +228,8 @@ def test_small_configuration_beats_the_constant_predictor(tmp_path):
         for m in ("paramnet", "pk_baseline"):
             assert 0 <= report[m][p]["coverage_68"] <= report[m][p]["coverage_95"] <= 1
             assert set(report[m][p]["per_box"]) == {"rmse", "mean_relative_error", "bias"}
+        for m in ("paramnet", "pk_baseline"):       # a box's sub-cubes combined
+            assert report[m][p]["per_box_combined"]["rmse"] < report["constant"][p]["rmse"], (m, p)
     assert report["n_test_boxes"] == 16 and report["n_test_subcubes"] == 128
     assert (tmp_path / "plots" / "predicted_vs_true.png").exists()
     assert (tmp_path / "plots" / "calibration.png").exists()

@@ -164,6 +164,33 @@ def test_posterior_mean_beats_constant_on_gaussian_fields_and_shrinks_when_uninf
     assert np.all(np.abs(sd.mean(0) / (width / np.sqrt(12)) - 1) < 0.25), sd.mean(0)
 
 
+def test_joint_posterior_of_a_box_sub_cubes(gaussian_campaign):
+    """predict_joint sums chi^2 over a group: for groups of one it is the posterior of
+    predict(); for the 8 sub-cubes of each test box it beats both the constant predictor
+    and the average of the 8 sub-cube posterior means."""
+    g = gaussian_campaign
+    per, nb = g["power"].shape[1], len(g["k"])
+    theta = np.repeat(g["theta"][:, None], per, axis=1)
+    est = PowerSpectrumEstimator(point="posterior_mean").fit(g["power"][:N_TRAIN].reshape(-1, nb),
+                                                             theta[:N_TRAIN].reshape(-1, 2), BOUNDS)
+    test_p = g["power"][N_TRAIN:].reshape(-1, nb)
+    single, single_sd = est.predict(test_p)
+    alone, alone_sd = est.predict_joint(test_p, np.arange(len(test_p)))
+    np.testing.assert_allclose(alone, single, rtol=1e-12)
+    np.testing.assert_allclose(alone_sd, single_sd, rtol=1e-9)
+    boxes = np.repeat(np.arange(N_SIMS - N_TRAIN), per)
+    joint, joint_sd = est.predict_joint(test_p, boxes)
+    truth = g["theta"][N_TRAIN:]
+    rmse_joint = np.sqrt(np.mean((joint - truth) ** 2, axis=0))
+    rmse_mean = np.sqrt(np.mean((single.reshape(-1, per, 2).mean(1) - truth) ** 2, axis=0))
+    rmse_const = np.std(truth, axis=0)
+    print("per box: joint", rmse_joint, "mean of posteriors", rmse_mean, "constant", rmse_const)
+    assert np.all(rmse_joint < 0.5 * rmse_const) and np.all(rmse_joint < rmse_mean), (rmse_joint, rmse_mean)
+    assert np.all(joint_sd < single_sd.reshape(-1, per, 2).mean(1))
+    with pytest.raises(ValueError, match="groups"):
+        est.predict_joint(test_p, boxes[:-1])
+
+
 def test_local_mean_power_ignores_the_cube_mean_density():
     """With local_mean the contrast is taken against the cube's own mean: a cube whose
     density is (1 + d) times another's has the same spectrum; without it, (1 + d)^2 more."""

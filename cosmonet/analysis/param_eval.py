@@ -9,7 +9,11 @@ analysis and the constant predictor, on the same test sub-cubes.
 
 Metrics per parameter (physical units): ``rmse``, ``mean_relative_error`` (mean of
 |pred - true| / true), ``bias`` (mean of pred - true), over the test sub-cubes, and the
-same over boxes (``per_box``: the predictions of a box's sub-cubes averaged first). Where a
+same over boxes (``per_box``: the predictions of a box's sub-cubes averaged first), and
+``per_box_combined``: the best each method makes of a box's sub-cubes together: for the
+P(k) baseline one posterior from the likelihoods of all of them (what a P(k) analysis of
+the box as 8 cubes would report), for paramnet with uncertainties the inverse-variance
+weighted mean of its sub-cube predictions. Where a
 method gives uncertainties, ``coverage_68`` / ``coverage_95``: the fraction of test truths
 inside pred +- 1 sigma and pred +- 1.96 sigma.
 """
@@ -109,10 +113,15 @@ def evaluate_params(model, train, test, k_max=None, log=sys.stderr):
     theta_train = train.theta[train_boxes]
     baseline = PowerSpectrumEstimator(point="posterior_mean").fit(p_train, theta_train, bounds)
     pred["pk_baseline"], sigma["pk_baseline"] = baseline.predict(p_test)
+    joint_box, _ = baseline.predict_joint(p_test, boxes)
     pred["constant"] = np.broadcast_to(theta_train.mean(axis=0), true.shape).copy()
     sigma["constant"] = np.broadcast_to(theta_train.std(axis=0), true.shape).copy()
     say("metrics")
     n_boxes = len(test.base)
+    combined = {"pk_baseline": joint_box}
+    if sigma["paramnet"] is not None:
+        w = 1.0 / sigma["paramnet"] ** 2
+        combined["paramnet"] = _per_box(w * pred["paramnet"], boxes, n_boxes) / _per_box(w, boxes, n_boxes)
     true_box = test.theta
     report = {"n_test_boxes": n_boxes, "n_test_subcubes": len(test), "n_train_subcubes": len(train),
               "subcube_cells": test.size, "subcube_side_mpc_h": test.side, "params": params,
@@ -127,13 +136,15 @@ def evaluate_params(model, train, test, k_max=None, log=sys.stderr):
             s = sigma[m][:, i] if sigma[m] is not None else None
             sec[p] = metrics(pred[m][:, i], true[:, i], s)
             sec[p]["per_box"] = metrics(box_pred[:, i], true_box[:, i])
+            if m in combined:
+                sec[p]["per_box_combined"] = metrics(combined[m][:, i], true_box[:, i])
         report[m] = sec
         if sigma[m] is not None and m != "constant":
             calibration[m] = {p: coverage_curve(pred[m][:, i], true[:, i], sigma[m][:, i])
                               for i, p in enumerate(params)}
     report["calibration"] = {"nominal": NOMINAL.tolist(), **calibration}
     report["seconds"] = time.perf_counter() - t0
-    raw = {"true": true, "pred": pred, "sigma": sigma, "boxes": boxes, "true_box": true_box}
+    raw = {"true": true, "pred": pred, "sigma": sigma, "boxes": boxes, "true_box": true_box, "combined": combined}
     return report, raw
 
 
@@ -158,11 +169,14 @@ def plot_params(report, raw, out_dir):
         ax = axes[0, i]
         lo, hi = report["ranges"][p]
         for m, color, marker in (("pk_baseline", "tab:orange", "s"), ("paramnet", "tab:blue", "o")):
-            box_pred = _per_box(raw["pred"][m], raw["boxes"], n_boxes)[:, i]
-            ax.scatter(raw["true"][:, i], raw["pred"][m][:, i], s=4, alpha=0.15, color=color)
             r = report[m][p]
+            if m in raw["combined"]:
+                box_pred, box_rmse = raw["combined"][m][:, i], r["per_box_combined"]["rmse"]
+            else:
+                box_pred, box_rmse = _per_box(raw["pred"][m], raw["boxes"], n_boxes)[:, i], r["per_box"]["rmse"]
+            ax.scatter(raw["true"][:, i], raw["pred"][m][:, i], s=4, alpha=0.15, color=color)
             ax.scatter(raw["true_box"][:, i], box_pred, s=22, marker=marker, color=color, edgecolor="k", lw=0.4,
-                       label=f"{m}: rmse {r['rmse']:.4f} (box mean {r['per_box']['rmse']:.4f})")
+                       label=f"{m}: rmse {r['rmse']:.4f} per sub-cube, {box_rmse:.4f} per box")
         c = report["constant"][p]["rmse"]
         ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
         ax.set_xlim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
@@ -171,7 +185,7 @@ def plot_params(report, raw, out_dir):
         ax.set_title(f"{labels.get(p, p)}: constant predictor rmse {c:.4f}", fontsize=10)
         ax.legend(fontsize=7, loc="upper left")
     fig.suptitle(f"{report['n_test_subcubes']} test sub-cubes ({report['subcube_side_mpc_h']:g} Mpc/h) "
-                 f"from {n_boxes} boxes; small dots: sub-cubes, markers: box means", fontsize=10)
+                 f"from {n_boxes} boxes; dots: sub-cubes; markers: boxes (sub-cubes combined)", fontsize=10)
     fig.tight_layout()
     paths = [os.path.join(out_dir, "predicted_vs_true.png")]
     _save(fig, paths[0])

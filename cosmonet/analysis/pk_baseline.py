@@ -294,17 +294,13 @@ class PowerSpectrumEstimator:
         """
         if self.coef is None:
             raise ValueError("the estimator is not fitted")
-        y = _log_power(power, nb=self.coef.shape[1])
-        yw = np.linalg.solve(self._chol, y.T).T
+        yw = self._whitened(power)
         p = self.bounds.shape[0]
-        g = self.grid_points or GRID_POINTS[p]
-        axes = [np.linspace(-1.0, 1.0, g)] * p
-        grid = np.stack([a.ravel() for a in np.meshgrid(*axes, indexing="ij")], axis=1)
-        model = _features(grid) @ self._coef_w                      # (G, nb)
-        u = np.empty((len(y), p))
-        post_mean, post_sd = np.empty((len(y), p)), np.empty((len(y), p))
+        grid, model = self._grid()
+        u = np.empty((len(yw), p))
+        post_mean, post_sd = np.empty((len(yw), p)), np.empty((len(yw), p))
         chunk = max(1, 2 ** 22 // len(grid))                         # ~32 MB of chi^2 at a time
-        for i in range(0, len(y), chunk):
+        for i in range(0, len(yw), chunk):
             chi2 = (model ** 2).sum(1)[None, :] - 2 * yw[i:i + chunk] @ model.T
             u[i:i + chunk] = grid[np.argmin(chi2, axis=1)]
             if self.point == "posterior_mean":
@@ -322,6 +318,41 @@ class PowerSpectrumEstimator:
         half = 0.5 * (self.bounds[:, 1] - self.bounds[:, 0])
         sigma = np.sqrt(np.diagonal(np.linalg.inv(fisher_u), axis1=1, axis2=2)) * half
         return self._from_unit(u), sigma
+
+    def predict_joint(self, power, groups):
+        """Posterior mean and standard deviation (flat prior on the box) for groups of
+        spectra taken together: chi^2 summed over the members of a group, as if they were
+        independent (sub-cubes of one box are not quite: the errors are then somewhat too
+        small, the means are fine). ``groups`` (m,) integers 0 .. G-1; returns (G, p) each."""
+        if self.coef is None:
+            raise ValueError("the estimator is not fitted")
+        yw = self._whitened(power)
+        groups = np.asarray(groups)
+        if groups.shape != (len(yw),) or not np.issubdtype(groups.dtype, np.integer) or groups.min() < 0:
+            raise ValueError(f"groups must be {len(yw)} non-negative integers, one per spectrum")
+        grid, model = self._grid()
+        total = np.zeros((int(groups.max()) + 1, len(grid)))
+        chunk = max(1, 2 ** 22 // len(grid))
+        for i in range(0, len(yw), chunk):
+            chi2 = (model ** 2).sum(1)[None, :] - 2 * yw[i:i + chunk] @ model.T
+            np.add.at(total, groups[i:i + chunk], chi2)
+        w = np.exp(-0.5 * (total - total.min(axis=1, keepdims=True)))
+        w /= w.sum(axis=1, keepdims=True)
+        mean = w @ grid
+        sd = np.sqrt(np.maximum(w @ grid ** 2 - mean ** 2, 0.0))
+        return self._from_unit(mean), sd * 0.5 * (self.bounds[:, 1] - self.bounds[:, 0])
+
+    def _whitened(self, power):
+        y = _log_power(power, nb=self.coef.shape[1])
+        return np.linalg.solve(self._chol, y.T).T
+
+    def _grid(self):
+        """(grid of unit coordinates (G, p), whitened mean model on it (G, n_bins))."""
+        p = self.bounds.shape[0]
+        g = self.grid_points or GRID_POINTS[p]
+        axes = [np.linspace(-1.0, 1.0, g)] * p
+        grid = np.stack([a.ravel() for a in np.meshgrid(*axes, indexing="ij")], axis=1)
+        return grid, _features(grid) @ self._coef_w
 
     def _chi2(self, u, yw):
         return ((yw - _features(u) @ self._coef_w) ** 2).sum(1)
