@@ -193,6 +193,14 @@ def _shrunk_covariance(resid, dof):
     return shrunk * sd[:, None] * sd[None, :], lam
 
 
+def _posterior(chi2, grid):
+    """Mean and standard deviation (rows, p) of exp(-chi^2 / 2) over the ``grid`` points."""
+    w = np.exp(-0.5 * (chi2 - chi2.min(axis=1, keepdims=True)))
+    w /= w.sum(axis=1, keepdims=True)
+    mean = w @ grid
+    return mean, np.sqrt(np.maximum(w @ grid ** 2 - mean ** 2, 0.0))
+
+
 class PowerSpectrumEstimator:
     """Maximum-likelihood parameters from binned power spectra, Gaussian in log P(k).
 
@@ -299,15 +307,10 @@ class PowerSpectrumEstimator:
         grid, model = self._grid()
         u = np.empty((len(yw), p))
         post_mean, post_sd = np.empty((len(yw), p)), np.empty((len(yw), p))
-        chunk = max(1, 2 ** 22 // len(grid))                         # ~32 MB of chi^2 at a time
-        for i in range(0, len(yw), chunk):
-            chi2 = (model ** 2).sum(1)[None, :] - 2 * yw[i:i + chunk] @ model.T
-            u[i:i + chunk] = grid[np.argmin(chi2, axis=1)]
+        for i, chi2 in self._grid_chi2(yw, model):
+            u[i:i + len(chi2)] = grid[np.argmin(chi2, axis=1)]
             if self.point == "posterior_mean":
-                w = np.exp(-0.5 * (chi2 - chi2.min(axis=1, keepdims=True)))
-                w /= w.sum(axis=1, keepdims=True)
-                post_mean[i:i + chunk] = w @ grid
-                post_sd[i:i + chunk] = np.sqrt(np.maximum(w @ grid ** 2 - (w @ grid) ** 2, 0.0))
+                post_mean[i:i + len(chi2)], post_sd[i:i + len(chi2)] = _posterior(chi2, grid)
         if self.point == "posterior_mean":
             half = 0.5 * (self.bounds[:, 1] - self.bounds[:, 0])
             return self._from_unit(post_mean), post_sd * half
@@ -332,15 +335,19 @@ class PowerSpectrumEstimator:
             raise ValueError(f"groups must be {len(yw)} non-negative integers, one per spectrum")
         grid, model = self._grid()
         total = np.zeros((int(groups.max()) + 1, len(grid)))
-        chunk = max(1, 2 ** 22 // len(grid))
-        for i in range(0, len(yw), chunk):
-            chi2 = (model ** 2).sum(1)[None, :] - 2 * yw[i:i + chunk] @ model.T
-            np.add.at(total, groups[i:i + chunk], chi2)
-        w = np.exp(-0.5 * (total - total.min(axis=1, keepdims=True)))
-        w /= w.sum(axis=1, keepdims=True)
-        mean = w @ grid
-        sd = np.sqrt(np.maximum(w @ grid ** 2 - mean ** 2, 0.0))
+        for i, chi2 in self._grid_chi2(yw, model):
+            np.add.at(total, groups[i:i + len(chi2)], chi2)
+        mean, sd = _posterior(total, grid)
         return self._from_unit(mean), sd * 0.5 * (self.bounds[:, 1] - self.bounds[:, 0])
+
+    @staticmethod
+    def _grid_chi2(yw, model):
+        """(first row, chi^2 (rows, G)) in chunks of ~32 MB: chi^2 on the grid up to a
+        per-spectrum constant |yw|^2, which cancels in argmin and in posterior weights."""
+        model_sq = (model ** 2).sum(1)[None, :]
+        chunk = max(1, 2 ** 22 // len(model))
+        for i in range(0, len(yw), chunk):
+            yield i, model_sq - 2 * yw[i:i + chunk] @ model.T
 
     def _whitened(self, power):
         y = _log_power(power, nb=self.coef.shape[1])

@@ -164,10 +164,6 @@ class SubcubeDataset(torch.utils.data.Dataset):
         y = torch.from_numpy(self.to_unit(self.theta[self.box_of(j)]).astype(np.float32))
         return x, y, j
 
-    @property
-    def box_size(self):
-        return self.base.box_size
-
     def __repr__(self):
         return (f"SubcubeDataset({self.base.root!r}, split={self.base.split!r}, {len(self.base)} boxes x "
                 f"{self.per_box} sub-cubes of {self.size}^3 cells ({self.side:g} Mpc/h), params={self.params})")

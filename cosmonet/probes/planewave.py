@@ -61,9 +61,6 @@ class ProbeSetup(SimConfig):
         """pi nc / L in h/Mpc."""
         return math.pi * self.nc / self.box
 
-    def sim_config(self):
-        return self
-
     def describe(self):
         return {"nc": self.nc, "box_size": self.box, "steps": self.steps, "boost": float(self.boost),
                 "a_start": self.a_start, "a_final": self.a_final, "cosmology": self.cosmology.to_dict(),
@@ -220,7 +217,7 @@ def run_planewave_nbody(setup, mode, amplitude, phase=0.0):
     with tempfile.TemporaryDirectory(prefix="cosmonet-probe-") as tmp:
         path = os.path.join(tmp, "planewave_delta_lin.npy")
         np.save(path, delta)
-        res = run_simulation(setup.sim_config(), MPI.COMM_SELF, linear_field=path,
+        res = run_simulation(setup, MPI.COMM_SELF, linear_field=path,
                              fields={"za/disp", "lpt2/disp", "fastpm/disp"})
     return {name.split("/")[0]: np.asarray(v, dtype=np.float64) for name, v in res.fields.items()}
 

@@ -190,7 +190,7 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
     except ValueError as exc:
         raise InputError(f"train config: {exc} (train split of {d_cfg['root']})") from None
     train_loss = _make_loss(cfg, float(train_set.base.box_size), model)
-    val_loss_fn = model.loss if hasattr(model, "loss") else _loss_fn
+    val_loss_fn = getattr(model, "loss", _loss_fn)
     steps_per_epoch = sampler.batches_per_epoch
     total_steps = steps_per_epoch * t_cfg["epochs"]
     global_batch = sampler.global_batch
