@@ -27,10 +27,10 @@ demo: setup
 horovod: setup
 	@bash scripts/build_horovod.sh $(VENV)
 
-test: setup
+test: setup horovod
 	$(PY) -m pytest tests -q -ra
 
-test-fast: setup
+test-fast: setup horovod
 	$(PY) -m pytest tests -q -ra -m "not slow"
 
 bench: setup
