@@ -197,8 +197,8 @@ def _add_simulate(sub):
 
 
 def cmd_simulate(args):
-    from .campaign_runner import prepare_directory, run_campaign
-    from .config import load_config
+    from .campaign.config import load_config
+    from .campaign.runner import prepare_directory, run_campaign
 
     comm = _comm()
     holder = {}
@@ -225,7 +225,7 @@ def _add_verify(sub):
 
 
 def cmd_verify(args):
-    from .campaign_runner import verify_campaign
+    from .campaign.store import verify_campaign
     if _comm().rank != 0:
         return 0
     report = verify_campaign(args.dir)

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import yaml
 
-from cosmonet.config import CampaignConfig, apply_overrides, load_config, validate
+from cosmonet.campaign.config import CampaignConfig, apply_overrides, load_config, validate
 from cosmonet.cosmology import Cosmology
 from cosmonet.errors import InputError
-from cosmonet.sim.campaign import SimSpec, latin_hypercube, plan, simulation_seed
+from cosmonet.campaign.plan import SimSpec, latin_hypercube, plan, simulation_seed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLANCK_SIGMA8 = Cosmology.planck15().sigma8

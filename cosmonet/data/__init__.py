@@ -2,7 +2,7 @@
 from .augment import (Compose, RandomCubeSymmetry, all_symmetries, apply_symmetry, compose, identity,
                       inverse, symmetry_matrix, vector_flags)
 from .normalize import FieldNormalizer, estimate
-from .shards import ShardDataset
+from .dataset import ShardDataset
 
 __all__ = ["ShardDataset", "RandomCubeSymmetry", "Compose", "all_symmetries", "apply_symmetry", "compose",
            "identity", "inverse", "symmetry_matrix", "vector_flags", "FieldNormalizer", "estimate"]

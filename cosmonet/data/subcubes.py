@@ -20,16 +20,14 @@ Item ``epoch * len + j`` is sub-cube ``j`` under the cube symmetry drawn from
 not change under them), as :class:`cosmonet.train.sampler.ShardedBatchSampler` yields.
 """
 import math
-import os
 
 import numpy as np
 import torch
-import yaml
 
 from ..errors import InputError
-from ..io.shards import CONFIG_COPY, PARAM_COLUMNS
+from ..campaign.store import PARAM_COLUMNS, read_config
 from .augment import all_symmetries, apply_symmetry
-from .shards import ShardDataset
+from .dataset import ShardDataset
 
 __all__ = ["SubcubeDataset", "campaign_ranges", "check_subcube"]
 
@@ -47,12 +45,7 @@ def check_subcube(size, nmesh):
 
 def campaign_ranges(root):
     """{parameter: (lo, hi)} of the campaign's Latin hypercube, or {} when it has none."""
-    try:
-        with open(os.path.join(root, CONFIG_COPY)) as fh:
-            raw = yaml.safe_load(fh) or {}
-    except OSError:
-        return {}
-    cosmology = raw.get("cosmology") if isinstance(raw, dict) else None
+    cosmology = read_config(root).cosmology
     lhs = cosmology.get("lhs") if isinstance(cosmology, dict) else None
     if not isinstance(lhs, dict):
         return {}

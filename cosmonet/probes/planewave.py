@@ -73,23 +73,18 @@ class ProbeSetup(SimConfig):
         ``note`` is None, or one line saying which cosmology was taken when the campaign
         has several.
         """
-        from ..config import load_config
-        from ..io.shards import CONFIG_COPY
+        from ..campaign.plan import plan, resolve_cosmology_block
+        from ..campaign.store import read_config
         from ..cosmology import parse_cosmology
-        from ..sim.campaign import plan, resolve_cosmology_block
 
-        path = os.path.join(root, CONFIG_COPY)
-        if not os.path.exists(path):
-            raise InputError(f"{root} is not a campaign directory (no {CONFIG_COPY})")
-        cfg = load_config(path)
+        cfg = read_config(root)
         note = None
         if resolve_cosmology_block(cfg.cosmology) == "fixed":
             cosmo = parse_cosmology(cfg.cosmology)
         else:
             cosmo = plan(cfg)[0].cosmology
             note = f"training campaign {root} has several cosmologies; FastPM runs use that of simulation 0"
-        return cls(nc=cfg.nc, box=cfg.box, steps=cfg.steps, boost=cfg.boost, a_start=cfg.a_start,
-                   a_final=cfg.a_final, cosmology=cosmo), note
+        return cls(cosmology=cosmo, **cfg.sim_fields()), note
 
 
 # --------------------------------------------------------------------------- modes

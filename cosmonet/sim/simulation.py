@@ -48,12 +48,13 @@ class SimConfig:
         need(isinstance(self.steps, (int, np.integer)) and self.steps >= 1, f"steps must be an integer >= 1 (got {self.steps})")
         need(np.isfinite(self.boost) and self.boost >= 1 and float(self.boost * self.nc).is_integer(),
              f"boost must be >= 1 with boost * nc an integer (got {self.boost})")
-        need(0 < self.a_start < self.a_final <= 4, f"need 0 < a_start < a_final (got a_start={self.a_start}, "
-             f"a_final={self.a_final})")
+        need(0 < self.a_start < self.a_final <= 4, f"a_start must satisfy 0 < a_start < a_final <= 4 "
+             f"(got a_start={self.a_start}, a_final={self.a_final})")
         need(0 <= int(self.seed) < 2 ** 63, f"seed must be a non-negative integer (got {self.seed})")
 
     @property
     def force_nmesh(self):
+        """Cells per side of the FastPM force mesh: boost * nc."""
         return int(round(self.boost * self.nc))
 
     def attrs(self):

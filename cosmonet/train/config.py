@@ -36,7 +36,7 @@ import copy
 
 import yaml
 
-from ..config import apply_overrides
+from ..yamlconfig import apply_overrides
 from ..errors import InputError
 
 DEFAULTS = {

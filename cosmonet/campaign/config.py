@@ -3,13 +3,11 @@
 Every error is an :class:`~cosmonet.errors.InputError` whose one-line message names the
 field, e.g. ``config: n_sims must be an integer >= 1 (got 'ten')``.
 """
-import copy
 import os
 from dataclasses import asdict, dataclass, field
 
-import yaml
-
-from .errors import InputError
+from ..errors import InputError
+from ..yamlconfig import apply_overrides, load_yaml
 
 #: dataset names a campaign can store (see docs/data-format.md)
 FIELD_NAMES = ("za/disp", "lpt2/disp", "fastpm/disp", "za/vel", "lpt2/vel", "fastpm/vel", "density")
@@ -45,6 +43,23 @@ class CampaignConfig:
     splits: dict = field(default_factory=dict)
     out: str = "out/campaign"
 
+    def sim_fields(self):
+        """The keys shared with :class:`~cosmonet.sim.simulation.SimConfig` (nc, box, steps,
+        boost, a_start, a_final): what every simulation of the campaign has in common."""
+        return {k: getattr(self, k) for k in SIM_KEYS}
+
+    def sim_config(self, seed, cosmology=None):
+        """The :class:`~cosmonet.sim.simulation.SimConfig` of one planned simulation
+        (``cosmology`` None: SimConfig's default, planck15)."""
+        from ..sim.simulation import SimConfig
+        extra = {} if cosmology is None else {"cosmology": cosmology}
+        return SimConfig(seed=seed, **self.sim_fields(), **extra)
+
+    @property
+    def force_nmesh(self):
+        """Cells per side of the FastPM force mesh (boost * nc, see SimConfig)."""
+        return self.sim_config(self.seed).force_nmesh
+
     def to_dict(self):
         d = asdict(self)
         d["fields"] = list(self.fields)
@@ -69,6 +84,8 @@ class CampaignConfig:
         return ""
 
 
+#: the simulation keys, checked by SimConfig (one place for their rules)
+SIM_KEYS = ("nc", "box", "steps", "boost", "a_start", "a_final")
 _INT_KEYS = ("n_sims", "nc", "steps", "seed", "ranks_per_sim", "shard_size", "density_nmesh")
 _FLOAT_KEYS = ("box", "boost", "a_start", "a_final")
 _KEYS = tuple(CampaignConfig.__dataclass_fields__)
@@ -99,7 +116,7 @@ def _as_float(key, val):
 
 def _check_cosmology(spec):
     """Validate the cosmology block now (so errors come before any rank starts work)."""
-    from .sim.campaign import cosmology_plan_size, resolve_cosmology_block
+    from .plan import cosmology_plan_size, resolve_cosmology_block
     resolve_cosmology_block(spec)
     return cosmology_plan_size(spec)
 
@@ -121,14 +138,10 @@ def validate(raw):
         if key in kw:
             kw[key] = _as_float(key, kw[key])
     cfg = CampaignConfig(**kw)
-    if cfg.nc < 2:
-        _fail("nc", f"must be an integer >= 2 (got {cfg.nc})")
-    if not cfg.box > 0:
-        _fail("box", f"must be > 0 Mpc/h (got {cfg.box})")
-    if not (cfg.boost >= 1 and float(cfg.boost * cfg.nc).is_integer()):
-        _fail("boost", f"must be >= 1 with boost * nc an integer (got {cfg.boost})")
-    if not 0 < cfg.a_start < cfg.a_final:
-        _fail("a_start", f"must satisfy 0 < a_start < a_final (got a_start={cfg.a_start}, a_final={cfg.a_final})")
+    try:
+        cfg.sim_config(cfg.seed)
+    except InputError as exc:
+        raise InputError(f"config: {exc}") from None
     if not isinstance(cfg.fields, (list, tuple)) or not cfg.fields:
         _fail("fields", f"must be a non-empty list of {', '.join(FIELD_NAMES)} (got {cfg.fields!r})")
     for name in cfg.fields:
@@ -153,42 +166,9 @@ def validate(raw):
     return cfg
 
 
-def _parse_override(item):
-    key, sep, text = item.partition("=")
-    if not sep or not key.strip():
-        raise InputError(f"--set {item!r}: expected key=value")
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        raise InputError(f"--set {item!r}: cannot parse the value as YAML") from None
-    return key.strip().split("."), value
-
-
-def apply_overrides(raw, overrides):
-    """Apply ``key=value`` / ``a.b.c=value`` overrides (values parsed as YAML) to a dict copy."""
-    raw = copy.deepcopy(raw)
-    for item in overrides or ():
-        path, value = _parse_override(item)
-        node = raw
-        for part in path[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {} if node.get(part) is None else _fail(".".join(path), "is not a mapping")
-            node = node[part]
-        node[path[-1]] = value
-    return raw
-
-
 def load_config(path, overrides=(), out=None):
     """Read, override and validate a campaign YAML file."""
-    try:
-        with open(path) as fh:
-            raw = yaml.safe_load(fh)
-    except OSError as exc:
-        raise InputError(f"cannot read config {path} ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" at line {line + 1}" if line is not None else ""
-        raise InputError(f"config {path} is not valid YAML{where}") from None
+    raw = load_yaml(path, "config")
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise InputError(f"config {path} must hold a mapping of keys (n_sims, nc, box, ...), "
@@ -207,7 +187,7 @@ def check_output_dir(path):
         raise InputError(f"config: out {path} cannot be created ({exc.strerror})") from None
     if not os.path.isdir(path):
         raise InputError(f"config: out {path} is not a directory")
-    from .io.atomic import check_writable_dir
+    from ..io.atomic import check_writable_dir
     try:
         check_writable_dir(os.path.join(path, "probe"))
     except InputError:
