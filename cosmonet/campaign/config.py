@@ -3,6 +3,7 @@
 Every error is an :class:`~cosmonet.errors.InputError` whose one-line message names the
 field, e.g. ``config: n_sims must be an integer >= 1 (got 'ten')``.
 """
+import math
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -23,7 +24,8 @@ class CampaignConfig:
     cosmology: fixed (a string or overrides), or {list: [...]}, {grid: {...}}, {lhs: {...}};
     ranks_per_sim: ranks that run one simulation together; shard_size: simulations per file;
     fields: datasets to store; density_nmesh: mesh of the "density" field (default nc);
-    splits: optional {name: count} assigning consecutive indices to train/val/test...;
+    splits: optional {name: count} or {name: fraction} assigning consecutive indices to
+    train/val/test... (see :func:`resolve_splits`; after validation always counts);
     out: output directory.
     """
 
@@ -114,6 +116,45 @@ def _as_float(key, val):
     return float(val)
 
 
+def resolve_splits(splits, n_sims):
+    """The splits as {name: count}, in the order given.
+
+    Counts (integers >= 0) must add up to ``n_sims`` and are kept as they are. Fractions
+    (any value written with a decimal point, e.g. ``{train: 0.75, val: 0.125, test: 0.125}``;
+    numbers in [0, 1] summing to 1) are scaled with ``n_sims`` by the largest-remainder
+    rule: each split gets floor(fraction * n_sims), and the simulations left over go one
+    each to the splits with the largest remainders (ties: the split listed first). A split
+    with a fraction > 0 that would get no simulation is an error, so any ``n_sims``
+    override either works or says which split is empty.
+    """
+    if not isinstance(splits, dict):
+        _fail("splits", f"must be a mapping of split name to count or fraction (got {splits!r})")
+    if not any(isinstance(v, float) for v in splits.values()):
+        for name, count in splits.items():
+            _as_int(f"splits.{name}", count, 0)
+        if splits and sum(splits.values()) != n_sims:
+            _fail("splits", f"counts add up to {sum(splits.values())}, not n_sims = {n_sims}")
+        return dict(splits)
+    for name, frac in splits.items():
+        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 <= frac <= 1:
+            _fail(f"splits.{name}", f"must be a fraction in [0, 1] (got {frac!r})")
+    total = sum(splits.values())
+    if abs(total - 1) > 1e-6:
+        _fail("splits", f"fractions add up to {total:g}, not 1")
+    exact = {name: frac * n_sims for name, frac in splits.items()}
+    counts = {name: int(math.floor(x + 1e-9)) for name, x in exact.items()}
+    left = n_sims - sum(counts.values())
+    names = list(splits)
+    by_remainder = sorted(names, key=lambda k: (-(exact[k] - counts[k]), names.index(k)))
+    for name in by_remainder[:max(left, 0)]:
+        counts[name] += 1
+    for name, frac in splits.items():
+        if frac > 0 and counts[name] == 0:
+            _fail(f"splits.{name}", f"= {frac:g} of n_sims = {n_sims} selects no simulation "
+                                    f"(raise n_sims or the fraction, or give counts)")
+    return counts
+
+
 def _check_cosmology(spec):
     """Validate the cosmology block now (so errors come before any rank starts work)."""
     from .plan import cosmology_plan_size, resolve_cosmology_block
@@ -151,12 +192,7 @@ def validate(raw):
         _fail("fields", "lists a field twice")
     if cfg.density_nmesh == 1:
         _fail("density_nmesh", "must be >= 2 (or 0 for nc)")
-    if not isinstance(cfg.splits, dict):
-        _fail("splits", f"must be a mapping of split name to count (got {cfg.splits!r})")
-    for name, count in cfg.splits.items():
-        _as_int(f"splits.{name}", count, 0)
-    if cfg.splits and sum(cfg.splits.values()) != cfg.n_sims:
-        _fail("splits", f"counts add up to {sum(cfg.splits.values())}, not n_sims = {cfg.n_sims}")
+    object.__setattr__(cfg, "splits", resolve_splits(cfg.splits, cfg.n_sims))
     if not isinstance(cfg.out, str) or not cfg.out:
         _fail("out", f"must be a directory path (got {cfg.out!r})")
     _check_cosmology(cfg.cosmology)
