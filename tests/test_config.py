@@ -471,7 +471,7 @@ def test_split_fraction_errors_name_the_split():
     msg = _error(validate, _raw(splits={"train": 0.8, "val": 0.1}))
     assert "splits" in msg and "0.9" in msg
     assert "splits.val" in _error(validate, _raw(splits={"train": 0.8, "val": "a tenth", "test": 0.1}))
-    assert "splits.val" in _error(validate, _raw(splits={"train": 1.5, "val": -0.5}))
+    assert "splits.train" in _error(validate, _raw(splits={"train": 1.5, "val": -0.5}))
 
 
 def test_demo_config_takes_any_n_sims():
