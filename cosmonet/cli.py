@@ -173,8 +173,7 @@ def cmd_power(args):
         write_json(args.json, out)
         if args.plot:
             from .analysis.plots import plot_power
-            from .cosmology import KEYS, Cosmology
-            from .growth import growth_for
+            from .cosmology import KEYS, Cosmology, growth_for
             cosmo = Cosmology.from_dict({k: attrs[k] for k in KEYS if k in attrs})
             kl = np.geomspace(pm.k_fundamental, pm.k_nyquist, 100)
             a = float(attrs.get("a_final", 1.0))
@@ -252,7 +251,7 @@ def _add_train(sub):
 
 
 def cmd_train(args):
-    from .train.config import load_train_config
+    from .train.trainconfig import load_train_config
     from .train.loop import TrainingError, train
 
     cfg = load_train_config(args.config, args.overrides)
@@ -285,7 +284,7 @@ def _add_evaluate(sub):
 def cmd_evaluate(args):
     from .emulate import load_emulator
     from .io.atomic import check_writable_dir
-    from .train.config import load_train_config
+    from .train.trainconfig import load_train_config
     from .train.loop import is_param_task
 
     if _comm().rank != 0:

@@ -2,7 +2,7 @@
 
 Used by the campaign configuration (:mod:`cosmonet.campaign.config`), the campaign store
 (``campaign.yaml`` of a campaign directory) and the training configuration
-(:mod:`cosmonet.train.config`). Errors are one-line :class:`~cosmonet.errors.InputError`.
+(:mod:`cosmonet.train.trainconfig`). Errors are one-line :class:`~cosmonet.errors.InputError`.
 """
 import copy
 

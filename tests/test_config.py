@@ -76,7 +76,7 @@ def test_shipped_campaign_configs_are_valid(path):
 @pytest.mark.parametrize("path", _shipped("train"), ids=os.path.basename)
 def test_shipped_training_configs_are_valid(path):
     from cosmonet.models import build_model
-    from cosmonet.train.config import load_train_config
+    from cosmonet.train.trainconfig import load_train_config
     cfg = load_train_config(path)
     kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
     build_model(cfg["model"]["name"], **kwargs)

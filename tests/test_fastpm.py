@@ -4,7 +4,7 @@ import pytest
 from mpi4py import MPI
 
 from cosmonet.analysis.power import binned_power, density_k
-from cosmonet.growth import growth_for
+from cosmonet.cosmology import growth_for
 from cosmonet.mesh import ParticleMesh
 from cosmonet.sim.fastpm import GravitySolver
 from cosmonet.sim.linear import linear_density_k

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from cosmonet.growth import growth_for
+from cosmonet.cosmology import growth_for
 from cosmonet.mesh import ParticleMesh
 from cosmonet.sim.lpt import lpt2_displacement, lpt2_source_k, za_displacement
 from cosmonet.sim.simulation import SimConfig, lagrangian_positions, run_simulation

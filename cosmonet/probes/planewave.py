@@ -18,7 +18,7 @@ longitudinal fraction of the main mode (1 for a curl-free displacement along k_h
 density contrast of the particles at q + psi at +-k and its harmonics comes from exact
 sums over the particles (:func:`density_modes`; a ZA plane wave gives Bessel functions).
 For figures: the binned power spectra P(k) = V <|psi_k|^2> of the displacement ((Mpc/h)^5,
-summed over components, :func:`cosmonet.analysis.d3m_eval._vector_power`) and of the
+summed over components, :func:`cosmonet.analysis.power.vector_power`) and of the
 density ((Mpc/h)^3, CIC on a 4x finer mesh, window divided out), against k in h/Mpc.
 """
 import math
@@ -30,10 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from ..analysis.d3m_eval import _vector_power
-from ..analysis.power import binned_power, density_k, k_edges
+from ..analysis.power import binned_power, density_k, displacement_error, k_edges, vector_power
 from ..errors import InputError
-from ..growth import growth_for
+from ..cosmology import growth_for
 from ..io.simfile import lagrangian_grid
 from ..mesh import ParticleMesh
 from ..sim.simulation import SimConfig
@@ -368,7 +367,7 @@ def binned_spectra(disp, setup, mode=None):
     pm = ParticleMesh(setup.nc, setup.box, MPI.COMM_SELF, dtype=np.float64)
     fine = _fine_mesh(setup)
     dens = density_k(fine, _positions(disp, setup), setup.nc ** 3, "cic")
-    out = {"displacement": _vector_power(pm, disp), "density": binned_power(fine, dens, edges=k_edges(pm))}
+    out = {"displacement": vector_power(pm, disp), "density": binned_power(fine, dens, edges=k_edges(pm))}
     if mode is not None:
         for mesh, key in ((pm, "displacement"), (fine, "density")):
             out[key]["injected_bin"] = _bin_of_mode(mesh, out[key], mode)
@@ -441,12 +440,6 @@ def zero_input(predict, setup):
                    "rms_about_mean": float(np.sqrt(v.sum())),
                    "largest_mode": {"mode": list(sj), "k": mode_k(sj, setup),
                                     "variance": float(v[j] + v[_idx(-np.asarray(sj), setup.nc)]) if v[j] > 0 else 0.0}}
-
-
-def displacement_error(pred, true):
-    """<|psi_pred - psi_true|> / <|psi_true|> over all particles (as evaluate)."""
-    den = np.sqrt((true ** 2).sum(axis=0)).mean()
-    return float(np.sqrt(((pred - true) ** 2).sum(axis=0)).mean() / den) if den > 0 else None
 
 
 def probe_planewave(predict, setup, mode, amplitude, phase=0.0, with_nbody=False, max_order=4,

@@ -8,9 +8,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..cosmology import Cosmology
+from ..cosmology import Cosmology, growth_for
 from ..errors import InputError
-from ..growth import growth_for
 from ..mesh import ParticleMesh, get_mesh
 from ..timing import Timers
 from .fastpm import GravitySolver, ParticleState, run_fastpm
