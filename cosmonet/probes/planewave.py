@@ -22,9 +22,7 @@ summed over components, :func:`cosmonet.analysis.power.vector_power`) and of the
 density ((Mpc/h)^3, CIC on a 4x finer mesh, window divided out), against k in h/Mpc.
 """
 import math
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -204,15 +202,11 @@ def planewave_linear_field(setup, mode, amplitude, phase=0.0):
 
 def run_planewave_nbody(setup, mode, amplitude, phase=0.0):
     """ZA, 2LPT and FastPM displacements ((3, nc, nc, nc) float64, Mpc/h) of the engine run on
-    the plane-wave linear field, through the ``linear_field`` (.npy) input of
+    the plane-wave linear field, through the ``linear_field`` input of
     :func:`cosmonet.sim.simulation.run_simulation` on one process."""
     from ..sim.simulation import run_simulation
     delta = planewave_linear_field(setup, mode, amplitude, phase)
-    with tempfile.TemporaryDirectory(prefix="cosmonet-probe-") as tmp:
-        path = os.path.join(tmp, "planewave_delta_lin.npy")
-        np.save(path, delta)
-        res = run_simulation(setup, MPI.COMM_SELF, linear_field=path,
-                             fields={"za/disp", "lpt2/disp", "fastpm/disp"})
+    res = run_simulation(setup, MPI.COMM_SELF, linear_field=delta, fields={"za/disp", "lpt2/disp", "fastpm/disp"})
     return {name.split("/")[0]: np.asarray(v, dtype=np.float64) for name, v in res.fields.items()}
 
 

@@ -13,7 +13,7 @@ from ..errors import InputError
 from ..mesh import ParticleMesh, get_mesh
 from ..timing import Timers
 from .fastpm import GravitySolver, ParticleState, run_fastpm
-from .linear import linear_density_k, load_linear_field
+from .linear import linear_density_from_field, linear_density_k
 from .lpt import lpt2_displacement, lpt_displacement, lpt_momentum, za_displacement
 
 #: km/s per unit of FastPM momentum divided by a: v = a dx/dt = 100 p / a km/s for
@@ -94,8 +94,8 @@ def minimum_image(disp, boxsize):
 def run_simulation(cfg, comm, linear_field=None, timers=None, progress=None, fields=None):
     """Run ZA, 2LPT and FastPM for ``cfg`` on ``comm``; returns a :class:`SimResult`.
 
-    ``linear_field``: path of a real-space delta_lin (.npy, (nc,)*3) replacing the
-    Gaussian field from ``cfg.seed``. ``progress(step, a)`` is called on every rank.
+    ``linear_field``: the real-space delta_lin at a = 1, an (nc, nc, nc) array (each rank
+    reads its slab; a memory-mapped ``.npy`` works), replacing the Gaussian field from ``cfg.seed``. ``progress(step, a)`` is called on every rank.
     """
     timers = Timers() if timers is None else timers
     cosmo = cfg.cosmology
@@ -105,7 +105,7 @@ def run_simulation(cfg, comm, linear_field=None, timers=None, progress=None, fie
         growth = growth_for(cosmo)
     with timers("lpt"):
         if linear_field is not None:
-            delta_k = load_linear_field(linear_field, pm)
+            delta_k = linear_density_from_field(pm, linear_field)
         else:
             delta_k = linear_density_k(pm, cfg.seed, lambda k: cosmo.linear_power(k))
         psi1 = za_displacement(pm, delta_k)
