@@ -21,9 +21,9 @@ import torch
 from ..errors import InputError
 from ..campaign import store as shardio
 from ..campaign.config import FIELD_NAMES
-from .augment import call_transform, vector_flags
+from .augment import call_transform, sample_rng, vector_flags
 
-__all__ = ["ShardDataset"]
+__all__ = ["ShardDataset", "EpochItems"]
 
 
 def _fail(msg):
@@ -46,10 +46,12 @@ class ShardDataset(torch.utils.data.Dataset):
     transform: called on the tuple as ``transform(tensors, rng)`` when it takes an rng (see
         :func:`cosmonet.data.augment.takes_rng`), else ``transform(tensors)``; its result is
         what ``dataset[i]`` returns.
-    seed: when set, ``rng`` is ``np.random.default_rng([seed, epoch, index])``, so random
-        transforms are reproducible and do not depend on the number of DataLoader workers;
-        call :meth:`set_epoch` to draw new ones each epoch. When None, ``rng`` is None and the
-        transform uses its own generator.
+    seed: when set, the ``rng`` of item ``i`` is ``np.random.default_rng([seed, epoch, i])``
+        (:func:`~cosmonet.data.augment.sample_rng`; ``i`` the position in this dataset), so
+        random transforms are reproducible and do not depend on the number of DataLoader
+        workers; call :meth:`set_epoch` to draw new ones each epoch, or read item ``i`` of
+        any epoch with :meth:`sample` (what :class:`EpochItems` does for training). When
+        None, ``rng`` is None and the transform uses its own generator.
     max_open_files: h5py handles kept open per process.
 
     Raises :class:`~cosmonet.errors.InputError` (one line naming the file) for a directory
@@ -260,21 +262,26 @@ class ShardDataset(torch.utils.data.Dataset):
         return torch.from_numpy(np.ascontiguousarray(self._file(path)[name][(k,) + tuple(region)],
                                                      dtype=np.float32))
 
-    def rng(self, i):
-        """The generator passed to the transform for item ``i`` (None without ``seed``)."""
+    def rng(self, i, epoch=None):
+        """The generator passed to the transform for item ``i`` in ``epoch`` (default: the
+        epoch of :meth:`set_epoch`); None without ``seed``."""
         if self.seed is None:
             return None
-        return np.random.default_rng([int(self.seed), int(self.epoch), self._info[self._item(i)]["index"]])
+        return sample_rng(self.seed, self.epoch if epoch is None else epoch, self._item(i))
 
     def set_epoch(self, epoch):
         """Choose the epoch mixed into the per-sample generators (with ``seed``)."""
         self.epoch = int(epoch)
 
-    def __getitem__(self, i):
+    def sample(self, i, epoch=None):
+        """Item ``i`` as transformed in ``epoch`` (default: the epoch of :meth:`set_epoch`)."""
         tensors = self.read(i)
         if self.transform is not None:
-            tensors = call_transform(self.transform, tensors, self.rng(i))
+            tensors = call_transform(self.transform, tensors, self.rng(i, epoch))
         return tensors
+
+    def __getitem__(self, i):
+        return self.sample(i)
 
     def sample_info(self, i):
         """{index, seed, split, shard, Omega_m, Omega_b, h, n_s, sigma8, A_s} of item ``i``
@@ -285,6 +292,25 @@ class ShardDataset(torch.utils.data.Dataset):
         what = f"split={self.split!r}" if self.split is not None else f"{len(self)} simulations"
         return (f"ShardDataset({self.root!r}, {what}, fields={self.fields}, nc={self.nc}, "
                 f"box_size={self.box_size:g}, n={len(self)})")
+
+
+class EpochItems(torch.utils.data.Dataset):
+    """The items a :class:`~cosmonet.train.sampler.ShardedBatchSampler` asks for: item
+    ``epoch * len + i`` is ``dataset.sample(i, epoch)`` followed by ``i``, so the random
+    transforms of an epoch travel in the index (no epoch state to reach DataLoader workers).
+
+    dataset: anything with ``__len__`` and ``sample(i, epoch)`` (ShardDataset, SubcubeDataset).
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        epoch, i = divmod(int(item), len(self.dataset))
+        return tuple(self.dataset.sample(i, epoch)) + (i,)
 
 
 def _present_fields(fh):
