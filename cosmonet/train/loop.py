@@ -27,6 +27,7 @@ from ..errors import InputError
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
 from .dist import init_backend
 from .sampler import ShardedBatchSampler
+from .trainconfig import TrainConfig, validate_train_config
 
 
 class TrainingError(RuntimeError):
@@ -227,7 +228,7 @@ class LoaderBatches:
 class Run:
     """The state one training run carries between steps (rank-local timings included)."""
 
-    cfg: dict
+    cfg: TrainConfig
     task: Task
     model: torch.nn.Module              # wrapped by the backend
     optimizer: object
@@ -250,7 +251,7 @@ class Run:
         return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "step": p.step, "epoch": p.epoch,
                 "batch_in_epoch": p.batch_in_epoch, "rng": rng_state(), "model_signature": self.task.signature,
-                "normalization": self.task.normalization, "config": self.cfg, "world_size": self.backend.size}
+                "normalization": self.task.normalization, "config": self.cfg.to_dict(), "world_size": self.backend.size}
 
     def checkpoint(self):
         """Rank 0 writes a checkpoint; every rank waits for it."""
@@ -375,6 +376,7 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
     throughput, timings, the last checkpoint's path on rank 0), the trained model
     (unwrapped from the backend) and the backend the run used.
     """
+    cfg = cfg if isinstance(cfg, TrainConfig) else validate_train_config(cfg)
     t_cfg, out = cfg["train"], cfg["out"]
     backend = init_backend(t_cfg["backend"]) if backend is None else backend
     if backend.is_root:
