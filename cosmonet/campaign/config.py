@@ -5,9 +5,10 @@ field, e.g. ``config: n_sims must be an integer >= 1 (got 'ten')``.
 """
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from ..errors import InputError
+from ..sim.simulation import SimParams
 from ..yamlconfig import apply_overrides, load_yaml
 
 #: dataset names a campaign can store (see docs/data-format.md)
@@ -15,8 +16,8 @@ FIELD_NAMES = ("za/disp", "lpt2/disp", "fastpm/disp", "za/vel", "lpt2/vel", "fas
 COSMOLOGY_MODES = ("list", "grid", "lhs")
 
 
-@dataclass(frozen=True)
-class CampaignConfig:
+@dataclass(frozen=True, kw_only=True)
+class CampaignConfig(SimParams):
     """A simulation campaign (lengths in Mpc/h). See ``configs/*.yaml`` and docs/campaigns.md.
 
     n_sims: number of simulations; nc, box, steps, boost, a_start, a_final: as run-sim;
@@ -30,12 +31,6 @@ class CampaignConfig:
     """
 
     n_sims: int
-    nc: int = 32
-    box: float = 128.0
-    steps: int = 10
-    boost: float = 2
-    a_start: float = 0.1
-    a_final: float = 1.0
     seed: int = 0
     cosmology: object = "planck15"
     ranks_per_sim: int = 1
@@ -57,15 +52,11 @@ class CampaignConfig:
         extra = {} if cosmology is None else {"cosmology": cosmology}
         return SimConfig(seed=seed, **self.sim_fields(), **extra)
 
-    @property
-    def force_nmesh(self):
-        """Cells per side of the FastPM force mesh (boost * nc, see SimConfig)."""
-        return self.sim_config(self.seed).force_nmesh
-
     def to_dict(self):
+        """Plain dict in the order of the YAML keys (as stored in campaign.yaml)."""
         d = asdict(self)
         d["fields"] = list(self.fields)
-        return d
+        return {k: d[k] for k in _KEYS}
 
     @property
     def n_shards(self):
@@ -86,11 +77,13 @@ class CampaignConfig:
         return ""
 
 
-#: the simulation keys, checked by SimConfig (one place for their rules)
-SIM_KEYS = ("nc", "box", "steps", "boost", "a_start", "a_final")
+#: the simulation keys, checked by SimParams (one place for their rules)
+SIM_KEYS = tuple(f.name for f in fields(SimParams))
 _INT_KEYS = ("n_sims", "nc", "steps", "seed", "ranks_per_sim", "shard_size", "density_nmesh")
 _FLOAT_KEYS = ("box", "boost", "a_start", "a_final")
-_KEYS = tuple(CampaignConfig.__dataclass_fields__)
+#: the YAML keys, in the order campaign.yaml stores them
+_KEYS = ("n_sims",) + SIM_KEYS + ("seed", "cosmology", "ranks_per_sim", "shard_size", "fields", "density_nmesh",
+                                  "splits", "out")
 
 
 def _fail(key, msg):
@@ -178,9 +171,8 @@ def validate(raw):
     for key in _FLOAT_KEYS:
         if key in kw:
             kw[key] = _as_float(key, kw[key])
-    cfg = CampaignConfig(**kw)
     try:
-        cfg.sim_config(cfg.seed)
+        cfg = CampaignConfig(**kw)          # SimParams checks nc, box, steps, boost, a_start, a_final
     except InputError as exc:
         raise InputError(f"config: {exc}") from None
     if not isinstance(cfg.fields, (list, tuple)) or not cfg.fields:

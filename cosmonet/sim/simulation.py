@@ -21,9 +21,16 @@ from .lpt import lpt2_displacement, lpt_displacement, lpt_momentum, za_displacem
 VELOCITY_UNIT_KMS = 100.0
 
 
+def _need(ok, msg):
+    if not ok:
+        raise InputError(msg)
+
+
 @dataclass(frozen=True)
-class SimConfig:
-    """Parameters of one simulation (lengths in Mpc/h).
+class SimParams:
+    """The resolution and time stepping of a simulation (lengths in Mpc/h), checked here
+    once for one simulation (:class:`SimConfig`) and a campaign of them
+    (:class:`~cosmonet.campaign.config.CampaignConfig`).
 
     nc: particles per side (and LPT mesh); box: side in Mpc/h; steps: FastPM KDK steps;
     boost: force mesh = boost * nc; a_start: FastPM start (2LPT ICs); a_final: end.
@@ -33,15 +40,11 @@ class SimConfig:
     box: float = 128.0
     steps: int = 10
     boost: float = 2
-    seed: int = 42
     a_start: float = 0.1
     a_final: float = 1.0
-    cosmology: Cosmology = field(default_factory=Cosmology.planck15)
 
     def __post_init__(self):
-        def need(ok, msg):
-            if not ok:
-                raise InputError(msg)
+        need = _need
         need(isinstance(self.nc, (int, np.integer)) and self.nc >= 2, f"nc must be an integer >= 2 (got {self.nc})")
         need(np.isfinite(self.box) and self.box > 0, f"box must be > 0 Mpc/h (got {self.box})")
         need(isinstance(self.steps, (int, np.integer)) and self.steps >= 1, f"steps must be an integer >= 1 (got {self.steps})")
@@ -49,12 +52,24 @@ class SimConfig:
              f"boost must be >= 1 with boost * nc an integer (got {self.boost})")
         need(0 < self.a_start < self.a_final <= 4, f"a_start must satisfy 0 < a_start < a_final <= 4 "
              f"(got a_start={self.a_start}, a_final={self.a_final})")
-        need(0 <= int(self.seed) < 2 ** 63, f"seed must be a non-negative integer (got {self.seed})")
 
     @property
     def force_nmesh(self):
         """Cells per side of the FastPM force mesh: boost * nc."""
         return int(round(self.boost * self.nc))
+
+
+@dataclass(frozen=True)
+class SimConfig(SimParams):
+    """One simulation: :class:`SimParams` plus the seed of its Gaussian initial
+    conditions and its cosmology."""
+
+    seed: int = 42
+    cosmology: Cosmology = field(default_factory=Cosmology.planck15)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _need(0 <= int(self.seed) < 2 ** 63, f"seed must be a non-negative integer (got {self.seed})")
 
     def attrs(self):
         """Root attributes of a simulation file (HDF5-friendly scalars)."""
