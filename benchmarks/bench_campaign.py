@@ -48,7 +48,7 @@ def cosmology_setup_cost(n=5):
     """Seconds to prepare a new cosmology: pyccl P(k) table + growth ODE (median of n)."""
     import statistics
     from cosmonet.cosmology import Cosmology
-    from cosmonet.growth import growth_for
+    from cosmonet.cosmology import growth_for
     import numpy as np
     times = []
     for i in range(n):

@@ -60,6 +60,24 @@ def _add_run_sim(sub):
     p.set_defaults(func=cmd_run_sim)
 
 
+def _open_linear_field(path, nc):
+    """Memory-map a user's real-space delta_lin at a = 1 and check it: a ``.npy`` float
+    array of shape (nc, nc, nc). Raises :class:`InputError` with one line otherwise."""
+    import numpy as np
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"--linear-field {path}: cannot read as a .npy array ({exc})") from None
+    if not isinstance(arr, np.ndarray):
+        raise InputError(f"--linear-field {path}: not a single .npy array (an .npz archive?)")
+    if arr.shape != (nc, nc, nc):
+        raise InputError(f"--linear-field {path}: shape {arr.shape}, expected ({nc}, {nc}, {nc}) "
+                         "(real-space delta_lin at a = 1 on the nc^3 particle grid)")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise InputError(f"--linear-field {path}: dtype {arr.dtype}, expected a float array")
+    return arr
+
+
 def cmd_run_sim(args):
     from .cosmology import Cosmology
     from .io.atomic import check_writable_dir
@@ -71,9 +89,10 @@ def cmd_run_sim(args):
     cfg = SimConfig(nc=args.nc, box=args.box, steps=args.steps, boost=args.boost, seed=args.seed,
                     a_start=args.a_start, a_final=args.a_final, cosmology=cosmo)
     _collective_check(comm, lambda: check_writable_dir(args.out))
+    linear_field = None
     if args.linear_field is not None:
-        from .sim.linear import open_linear_field
-        _collective_check(comm, lambda: open_linear_field(args.linear_field, cfg.nc))
+        _collective_check(comm, lambda: _open_linear_field(args.linear_field, cfg.nc))
+        linear_field = _open_linear_field(args.linear_field, cfg.nc)
     t0 = time.perf_counter()
 
     def progress(step, a):
@@ -81,7 +100,7 @@ def cmd_run_sim(args):
             _say(comm, f"run-sim: step {step}/{cfg.steps}  a = {a:.4f}  "
                        f"({time.perf_counter() - t0:.1f} s)")
 
-    result = run_simulation(cfg, comm, linear_field=args.linear_field, progress=progress)
+    result = run_simulation(cfg, comm, linear_field=linear_field, progress=progress)
     extra = {"linear_field": os.path.abspath(args.linear_field) if args.linear_field else "",
              "n_ranks": comm.size}
     write_simulation(args.out, result, extra_attrs=extra)
@@ -108,35 +127,6 @@ def _add_power(sub):
     p.set_defaults(func=cmd_power)
 
 
-def _read_positions(path, name, comm):
-    """Local rows of q + displacement for field ``name`` (Mpc/h, (n, 3)) and the file's attrs."""
-    import h5py
-    import numpy as np
-
-    from .io.simfile import lagrangian_grid, plain_attrs
-
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise InputError(f"cannot open simulation file {path} ({exc})") from None
-    with f:
-        key = f"{name}/disp"
-        if key not in f:
-            raise InputError(f"{path} has no field '{name}' (has: "
-                             f"{', '.join(sorted(k for k in f.keys() if f'{k}/disp' in f))})")
-        attrs = plain_attrs(f.attrs)
-        missing = [k for k in ("nc", "box_size") if k not in attrs]
-        if missing:
-            raise InputError(f"{path} is not a cosmonet simulation file (no '{missing[0]}' attribute)")
-        nc, box = int(attrs["nc"]), float(attrs["box_size"])
-        rows = np.array_split(np.arange(nc), comm.size)[comm.rank]
-        lo, hi = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 0)
-        disp = f[key][:, lo:hi].astype(np.float64)
-    q = lagrangian_grid(nc, box, slice(lo, hi))
-    pos = np.mod(q + disp, box).reshape(3, -1).T
-    return pos, attrs
-
-
 def cmd_power(args):
     import numpy as np
 
@@ -148,7 +138,8 @@ def cmd_power(args):
         raise InputError(f"simulation file {args.sim} does not exist")
     from .io.atomic import check_writable_dir
     _collective_check(comm, lambda: check_writable_dir(args.json))
-    pos, attrs = _read_positions(args.sim, args.field, comm)
+    from .io.simfile import read_positions
+    pos, attrs = read_positions(args.sim, args.field, comm.rank, comm.size)
     nc, box = int(attrs["nc"]), float(attrs["box_size"])
     nmesh = nc if args.nmesh is None else args.nmesh
     if nmesh < 2:
@@ -156,7 +147,7 @@ def cmd_power(args):
     pm = ParticleMesh(nmesh, box, comm, dtype=np.float64)
     a_k = density_k(pm, pos, nc ** 3, args.compensation)
     if args.second is not None:
-        pos2, _ = _read_positions(args.sim, args.second, comm)
+        pos2, _ = read_positions(args.sim, args.second, comm.rank, comm.size)
         b_k = density_k(pm, pos2, nc ** 3, args.compensation)
         res = cross_power(pm, a_k, b_k)
     else:
@@ -173,8 +164,7 @@ def cmd_power(args):
         write_json(args.json, out)
         if args.plot:
             from .analysis.plots import plot_power
-            from .cosmology import KEYS, Cosmology
-            from .growth import growth_for
+            from .cosmology import KEYS, Cosmology, growth_for
             cosmo = Cosmology.from_dict({k: attrs[k] for k in KEYS if k in attrs})
             kl = np.geomspace(pm.k_fundamental, pm.k_nyquist, 100)
             a = float(attrs.get("a_final", 1.0))
@@ -197,8 +187,8 @@ def _add_simulate(sub):
 
 
 def cmd_simulate(args):
-    from .campaign_runner import prepare_directory, run_campaign
-    from .config import load_config
+    from .campaign.config import load_config
+    from .campaign.runner import prepare_directory, run_campaign
 
     comm = _comm()
     holder = {}
@@ -225,7 +215,7 @@ def _add_verify(sub):
 
 
 def cmd_verify(args):
-    from .campaign_runner import verify_campaign
+    from .campaign.store import verify_campaign
     if _comm().rank != 0:
         return 0
     report = verify_campaign(args.dir)
@@ -252,7 +242,7 @@ def _add_train(sub):
 
 
 def cmd_train(args):
-    from .train.config import load_train_config
+    from .train.trainconfig import load_train_config
     from .train.loop import TrainingError, train
 
     cfg = load_train_config(args.config, args.overrides)
@@ -285,7 +275,7 @@ def _add_evaluate(sub):
 def cmd_evaluate(args):
     from .emulate import load_emulator
     from .io.atomic import check_writable_dir
-    from .train.config import load_train_config
+    from .train.trainconfig import load_train_config
     from .train.loop import is_param_task
 
     if _comm().rank != 0:

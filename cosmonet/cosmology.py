@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from cosmonet.errors import InputError
+from cosmonet.growth import Growth
 
 __all__ = ["Cosmology", "parse_cosmology", "KEYS", "TRANSFERS"]
 
@@ -177,8 +178,6 @@ class Cosmology:
             except ImportError as err:  # boltzmann_camb without camb installed
                 raise InputError(f"cosmology transfer={self.transfer} needs a missing package ({err})") from err
             if np.ndim(a) != 0 or float(a) != 1.0:
-                from cosmonet.growth import growth_for
-
                 out = out * np.asarray(growth_for(self).D1(a)) ** 2
         return _scalar_or_array(out, scalar and np.ndim(out) == 0)
 
@@ -245,3 +244,14 @@ def parse_cosmology(spec: "str | Mapping[str, Any] | Cosmology | None") -> Cosmo
         over = {_canonical_key(str(k)): v for k, v in over.items()}
         return Cosmology._from_base(_PRESETS[name], over)
     raise InputError(f"cannot make a cosmology from {type(spec).__name__} {spec!r}")
+
+
+def growth_for(cosmo) -> Growth:
+    """The :class:`~cosmonet.growth.Growth` of a Cosmology (or anything parse_cosmology takes),
+    built once per cosmology."""
+    return _growth_cached(parse_cosmology(cosmo))
+
+
+@functools.lru_cache(maxsize=64)
+def _growth_cached(cosmo: Cosmology) -> Growth:
+    return Growth(cosmo)

@@ -17,16 +17,14 @@ Time-integration functions (Feng et al. 2016, H0 = 1): momentum p = a^2 dx/dt / 
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 from scipy.integrate import odeint
 
-from cosmonet.cosmology import Cosmology, parse_cosmology
 from cosmonet.errors import InputError
 
-__all__ = ["Growth", "growth_for"]
+__all__ = ["Growth"]
 
 _DX = 0.02  # ln a spacing of the tables
 
@@ -63,8 +61,9 @@ class Growth:
     All methods take a scalar (returning float) or an array of scale factors.
     """
 
-    def __init__(self, cosmo: Cosmology, a_min: float = 1e-3, a_max: float = 4.0):
-        cosmo = parse_cosmology(cosmo)
+    def __init__(self, cosmo, a_min: float = 1e-3, a_max: float = 4.0):
+        """cosmo: a :class:`~cosmonet.cosmology.Cosmology` (only its Omega_m enters); a
+        cached instance per cosmology comes from :func:`cosmonet.cosmology.growth_for`."""
         if not 0.0 < a_min < 1.0 < a_max:
             raise InputError(f"growth table needs 0 < a_min < 1 < a_max (got a_min={a_min}, a_max={a_max})")
         self.cosmo = cosmo
@@ -198,12 +197,3 @@ class Growth:
         out = (np.asarray(self.Gp(a_f)) - self.Gp(a_i)) / self.gp(a_c) / (a_c**3 * self._E(a_c))
         return self._out(out, np.ndim(out) == 0)
 
-
-def growth_for(cosmo) -> Growth:
-    """Growth for a Cosmology (or anything parse_cosmology takes), built once per cosmology."""
-    return _growth_cached(parse_cosmology(cosmo))
-
-
-@functools.lru_cache(maxsize=64)
-def _growth_cached(cosmo: Cosmology) -> Growth:
-    return Growth(cosmo)

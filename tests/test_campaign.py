@@ -27,8 +27,8 @@ import yaml
 
 from mpi_util import cosmonet_exe, mpi_env, mpirun
 
-from cosmonet.config import load_config
-from cosmonet.sim.campaign import plan
+from cosmonet.campaign.config import load_config
+from cosmonet.campaign.plan import plan
 from cli_util import assert_clean_error as _assert_clean_error  # noqa: E402
 from cli_util import describe as _describe  # noqa: E402
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import yaml
 
-from cosmonet.config import CampaignConfig, apply_overrides, load_config, validate
+from cosmonet.campaign.config import CampaignConfig, apply_overrides, load_config, validate
 from cosmonet.cosmology import Cosmology
 from cosmonet.errors import InputError
-from cosmonet.sim.campaign import SimSpec, latin_hypercube, plan, simulation_seed
+from cosmonet.campaign.plan import SimSpec, latin_hypercube, plan, simulation_seed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLANCK_SIGMA8 = Cosmology.planck15().sigma8
@@ -76,7 +76,7 @@ def test_shipped_campaign_configs_are_valid(path):
 @pytest.mark.parametrize("path", _shipped("train"), ids=os.path.basename)
 def test_shipped_training_configs_are_valid(path):
     from cosmonet.models import build_model
-    from cosmonet.train.config import load_train_config
+    from cosmonet.train.trainconfig import load_train_config
     cfg = load_train_config(path)
     kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
     build_model(cfg["model"]["name"], **kwargs)
@@ -445,3 +445,38 @@ def test_config_is_frozen():
     cfg = _cfg()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.n_sims = 3
+
+
+# --------------------------------------------------------------------------- splits as fractions
+def test_split_fractions_scale_with_n_sims():
+    """Fractions follow n_sims (largest remainder, ties to the split listed first); counts stay as written."""
+    fr = {"train": 0.8, "val": 0.1, "test": 0.1}
+    assert _cfg(n_sims=500, splits=fr).splits == {"train": 400, "val": 50, "test": 50}
+    assert _cfg(n_sims=16, splits=fr).splits == {"train": 13, "val": 2, "test": 1}
+    assert _cfg(n_sims=10, splits=fr).splits == {"train": 8, "val": 1, "test": 1}
+    cfg = _cfg(n_sims=7, splits={"train": 0.5, "val": 0.25, "test": 0.25})     # 3.5, 1.75, 1.75
+    assert cfg.splits == {"train": 3, "val": 2, "test": 2}
+    assert [cfg.split_of(i) for i in range(7)] == ["train"] * 3 + ["val"] * 2 + ["test"] * 2
+    assert _cfg(n_sims=5, splits={"a": 0.5, "b": 0.5}).splits == {"a": 3, "b": 2}       # a tie: the first
+    for n in range(10, 40):
+        counts = _cfg(n_sims=n, splits=fr).splits
+        assert sum(counts.values()) == n and all(abs(counts[k] - fr[k] * n) < 1 for k in fr)
+    assert _cfg(n_sims=6, splits={"train": 4, "val": 1, "test": 1}).splits == {"train": 4, "val": 1, "test": 1}
+    assert _cfg(n_sims=6, splits={"train": 6, "val": 0}).splits == {"train": 6, "val": 0}
+
+
+def test_split_fraction_errors_name_the_split():
+    msg = _error(validate, _raw(n_sims=4, splits={"train": 0.9, "val": 0.05, "test": 0.05}))
+    assert "splits.val" in msg and "no simulation" in msg
+    msg = _error(validate, _raw(splits={"train": 0.8, "val": 0.1}))
+    assert "splits" in msg and "0.9" in msg
+    assert "splits.val" in _error(validate, _raw(splits={"train": 0.8, "val": "a tenth", "test": 0.1}))
+    assert "splits.train" in _error(validate, _raw(splits={"train": 1.5, "val": -0.5}))
+
+
+def test_demo_config_takes_any_n_sims():
+    """The README's first command: ``--set n_sims=16`` on configs/demo.yaml."""
+    path = os.path.join(REPO, "configs", "demo.yaml")
+    assert load_config(path).splits == {"train": 6, "val": 1, "test": 1}
+    assert load_config(path, ["n_sims=16"]).splits == {"train": 12, "val": 2, "test": 2}
+    assert load_config(path, ["n_sims=40"]).splits == {"train": 30, "val": 5, "test": 5}

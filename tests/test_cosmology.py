@@ -7,7 +7,7 @@ from scipy.integrate import simpson
 
 from cosmonet.cosmology import Cosmology, parse_cosmology
 from cosmonet.errors import InputError
-from cosmonet.growth import growth_for
+from cosmonet.cosmology import growth_for
 
 P15 = dict(Omega_m=0.3089, Omega_b=0.0486, h=0.6774, n_s=0.9667, sigma8=0.8159, transfer="eisenstein_hu")
 

@@ -27,8 +27,8 @@ SPLITS = {"train": 4, "val": 1, "test": 1}
 def campaign(tmp_path_factory):
     from mpi4py import MPI
 
-    from cosmonet.campaign_runner import prepare_directory, run_campaign
-    from cosmonet.config import validate
+    from cosmonet.campaign.runner import prepare_directory, run_campaign
+    from cosmonet.campaign.config import validate
     out = tmp_path_factory.mktemp("data") / "campaign"
     cfg = validate({"n_sims": 6, "nc": 8, "steps": 2, "shard_size": 2, "fields": list(FIELDS),
                     "density_nmesh": 4, "splits": dict(SPLITS), "out": str(out)})

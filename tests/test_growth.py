@@ -7,7 +7,8 @@ from scipy.special import hyp2f1
 
 from cosmonet.cosmology import Cosmology
 from cosmonet.errors import InputError
-from cosmonet.growth import Growth, growth_for
+from cosmonet.cosmology import growth_for
+from cosmonet.growth import Growth
 
 P15 = Cosmology.planck15()
 OTHER = Cosmology.from_string("Omega_m=0.2,Omega_b=0.04,h=0.7,sigma8=0.8")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from cosmonet.growth import growth_for
+from cosmonet.cosmology import growth_for
 from cosmonet.mesh import ParticleMesh
 from cosmonet.sim.lpt import lpt2_displacement, lpt2_source_k, za_displacement
 from cosmonet.sim.simulation import SimConfig, lagrangian_positions, run_simulation
@@ -37,7 +37,7 @@ def test_za_of_plane_wave_through_whole_simulation(tmp_path):
     path = tmp_path / "plane.npy"
     np.save(path, delta)
     cfg = SimConfig(nc=N, box=L, steps=1, seed=0, a_final=0.8)
-    res = run_simulation(cfg, MPI.COMM_SELF, linear_field=str(path), fields={"za/disp", "lpt2/disp"})
+    res = run_simulation(cfg, MPI.COMM_SELF, linear_field=np.load(path), fields={"za/disp", "lpt2/disp"})
     D1 = growth_for(cfg.cosmology).D1(0.8)
     expect = -0.2 * D1 / kvec[2] * np.sin(kvec[2] * q)
     got = res.fields["za/disp"]

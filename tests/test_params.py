@@ -25,8 +25,8 @@ LHS = {"Omega_m": [0.25, 0.35], "sigma8": [0.7, 0.9]}
 def make_campaign(out, fields=("density",), lhs=True, n=12, nmesh=16):
     from mpi4py import MPI
 
-    from cosmonet.campaign_runner import prepare_directory, run_campaign
-    from cosmonet.config import validate
+    from cosmonet.campaign.runner import prepare_directory, run_campaign
+    from cosmonet.campaign.config import validate
     raw = {"n_sims": n, "nc": 16, "box": 128.0, "steps": 2, "shard_size": 4, "fields": list(fields),
            "density_nmesh": nmesh, "splits": {"train": n - 4, "val": 2, "test": 2}, "out": str(out)}
     if lhs:                                   # else every box at Planck 2015

@@ -22,11 +22,11 @@ from cli_util import assert_clean_error
 from cosmonet.analysis.power import k_edges
 from cosmonet.cli import main
 from cosmonet.errors import InputError
-from cosmonet.growth import growth_for
+from cosmonet.cosmology import growth_for
 from cosmonet.mesh import ParticleMesh
 from cosmonet.models import build_model, model_signature
 from cosmonet.probes.amplitude import probe_amplitude
-from cosmonet.probes.cosmology import cosmology_label, probe_cosmology
+from cosmonet.probes.cosmology_probe import cosmology_label, probe_cosmology
 from cosmonet.probes.phase import SEED_PHASES, probe_phase
 from cosmonet.probes.planewave import (ProbeSetup, cube_orbit, planewave_displacement, probe_planewave,
                                        resolve_mode, run_planewave_nbody)

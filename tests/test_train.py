@@ -18,8 +18,8 @@ BIN = os.path.dirname(sys.executable)
 
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory):
-    from cosmonet.campaign_runner import prepare_directory, run_campaign
-    from cosmonet.config import validate
+    from cosmonet.campaign.runner import prepare_directory, run_campaign
+    from cosmonet.campaign.config import validate
     root = tmp_path_factory.mktemp("pairs")
     cfg = validate({"n_sims": 12, "nc": 8, "box": 32.0, "steps": 2, "shard_size": 4, "seed": 3,
                     "fields": ["za/disp", "lpt2/disp", "fastpm/disp"],

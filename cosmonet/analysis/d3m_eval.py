@@ -21,7 +21,7 @@ from mpi4py import MPI
 from ..io.atomic import atomic_path
 from ..io.simfile import lagrangian_grid
 from ..mesh import ParticleMesh
-from .power import binned_power, density_k
+from .power import binned_power, density_k, vector_power
 
 METHODS = ("model", "lpt2", "za")
 
@@ -40,16 +40,6 @@ class PowerAccumulator:
 
     def mean(self, key):
         return self.sums[key] / self.n
-
-
-def _vector_power(pm, a, b=None):
-    total = None
-    for c in range(3):
-        ak = pm.r2c(a[c])
-        bk = None if b is None else pm.r2c(b[c])
-        res = binned_power(pm, ak, bk)
-        total = res if total is None else {**res, "power": total["power"] + res["power"]}
-    return total
 
 
 def evaluate_d3m(model, dataset, scale, device="cpu", max_boxes=None):
@@ -75,11 +65,11 @@ def evaluate_d3m(model, dataset, scale, device="cpu", max_boxes=None):
             err_num[m] += np.sqrt(((f - true) ** 2).sum(axis=0)).mean()
         positions = {m: np.mod(q + f, box).reshape(3, -1).T for m, f in list(fields.items()) + [("true", true)]}
         dens = {m: density_k(pm, pos, nc ** 3, "cic") for m, pos in positions.items()}
-        disp_acc.add("true", _vector_power(pm, true))
+        disp_acc.add("true", vector_power(pm, true))
         dens_acc.add("true", binned_power(pm, dens["true"]))
         for m, f in fields.items():
-            disp_acc.add(m, _vector_power(pm, f))
-            disp_acc.add(m + "_x_true", _vector_power(pm, f, true))
+            disp_acc.add(m, vector_power(pm, f))
+            disp_acc.add(m + "_x_true", vector_power(pm, f, true))
             dens_acc.add(m, binned_power(pm, dens[m]))
             dens_acc.add(m + "_x_true", binned_power(pm, dens[m], dens["true"]))
         disp_acc.n += 1

@@ -92,3 +92,23 @@ def cross_power(pm, a_k, b_k, edges=None):
             "power_second": pb["power"], "cross": pab["power"],
             "T": transfer_function(pa["power"], pb["power"]),
             "r": correlation_coefficient(pab["power"], pa["power"], pb["power"])}
+
+
+def vector_power(pm, a, b=None, edges=None):
+    """Binned power of a vector field summed over its 3 components (or the cross power of
+    ``a`` and ``b``): ``a``, ``b`` real (3, ...) slabs of ``pm``, e.g. displacements in
+    Mpc/h, giving P in (Mpc/h)^5. Returns :func:`binned_power`'s dict."""
+    total = None
+    for c in range(3):
+        ak = pm.r2c(a[c])
+        bk = None if b is None else pm.r2c(b[c])
+        res = binned_power(pm, ak, bk, edges=edges)
+        total = res if total is None else {**res, "power": total["power"] + res["power"]}
+    return total
+
+
+def displacement_error(pred, true):
+    """<|psi_pred - psi_true|> / <|psi_true|> over all particles (dimensionless; None when
+    psi_true is zero): ``pred``, ``true`` (3, ...) displacement fields in the same units."""
+    den = np.sqrt((true ** 2).sum(axis=0)).mean()
+    return float(np.sqrt(((pred - true) ** 2).sum(axis=0)).mean() / den) if den > 0 else None

@@ -1,8 +1,12 @@
-"""Training data: campaign shards as a torch Dataset, cube-symmetry augmentation, normalization."""
+"""Training data, one pipeline for every task: a dataset of campaign shards
+(:class:`ShardDataset`, or :class:`~cosmonet.data.subcubes.SubcubeDataset` for density
+sub-cubes) plus composable transforms (:class:`RandomCubeSymmetry`, the 48 cube symmetries
+with vector components permuted and negated; :class:`FieldNormalizer`; :class:`Compose`),
+drawn per (seed, epoch, sample) and served to the trainer by :class:`EpochItems`."""
 from .augment import (Compose, RandomCubeSymmetry, all_symmetries, apply_symmetry, compose, identity,
-                      inverse, symmetry_matrix, vector_flags)
+                      inverse, sample_rng, symmetry_matrix, vector_flags)
 from .normalize import FieldNormalizer, estimate
-from .shards import ShardDataset
+from .dataset import EpochItems, ShardDataset
 
-__all__ = ["ShardDataset", "RandomCubeSymmetry", "Compose", "all_symmetries", "apply_symmetry", "compose",
+__all__ = ["ShardDataset", "EpochItems", "sample_rng", "RandomCubeSymmetry", "Compose", "all_symmetries", "apply_symmetry", "compose",
            "identity", "inverse", "symmetry_matrix", "vector_flags", "FieldNormalizer", "estimate"]

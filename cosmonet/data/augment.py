@@ -26,7 +26,7 @@ import torch
 
 __all__ = ["all_symmetries", "apply_symmetry", "symmetry_matrix", "from_matrix", "compose",
            "inverse", "identity", "vector_flags", "RandomCubeSymmetry", "Compose", "takes_rng",
-           "call_transform"]
+           "call_transform", "sample_rng"]
 
 
 def identity():
@@ -130,6 +130,12 @@ def apply_symmetry(x, perm, flips, vector=False):
 def vector_flags(fields):
     """Per field name: True for displacement / velocity (vector) fields, False for ``density``."""
     return tuple(not (name == "density" or name.endswith("density")) for name in fields)
+
+
+def sample_rng(seed, epoch, i):
+    """The generator of the random transforms of sample ``i`` in ``epoch``:
+    ``np.random.default_rng([seed, epoch, i])``, the same on every rank and worker."""
+    return np.random.default_rng([int(seed), int(epoch), int(i)])
 
 
 def takes_rng(transform):

@@ -17,19 +17,20 @@ simulation sub-cube ``j`` was cut from (tests check that two splits share none).
 
 Item ``epoch * len + j`` is sub-cube ``j`` under the cube symmetry drawn from
 (seed, epoch, j) when ``augment`` (the 48 rotations and reflections; the parameters do
-not change under them), as :class:`cosmonet.train.sampler.ShardedBatchSampler` yields.
+not change under them), as :class:`cosmonet.train.sampler.ShardedBatchSampler` yields:
+the transforms of :mod:`cosmonet.data` (RandomCubeSymmetry, then FieldNormalizer), drawn
+as for every other training dataset.
 """
 import math
-import os
 
 import numpy as np
 import torch
-import yaml
 
 from ..errors import InputError
-from ..io.shards import CONFIG_COPY, PARAM_COLUMNS
-from .augment import all_symmetries, apply_symmetry
-from .shards import ShardDataset
+from ..campaign.store import PARAM_COLUMNS, read_config
+from .augment import Compose, RandomCubeSymmetry, call_transform, sample_rng
+from .dataset import ShardDataset
+from .normalize import FieldNormalizer
 
 __all__ = ["SubcubeDataset", "campaign_ranges", "check_subcube"]
 
@@ -47,12 +48,7 @@ def check_subcube(size, nmesh):
 
 def campaign_ranges(root):
     """{parameter: (lo, hi)} of the campaign's Latin hypercube, or {} when it has none."""
-    try:
-        with open(os.path.join(root, CONFIG_COPY)) as fh:
-            raw = yaml.safe_load(fh) or {}
-    except OSError:
-        return {}
-    cosmology = raw.get("cosmology") if isinstance(raw, dict) else None
+    cosmology = read_config(root).cosmology
     lhs = cosmology.get("lhs") if isinstance(cosmology, dict) else None
     if not isinstance(lhs, dict):
         return {}
@@ -111,7 +107,8 @@ class SubcubeDataset(torch.utils.data.Dataset):
                                  f"(all {lo:g}): a campaign without parameters to infer")
         self.scale = float(scale)
         self.augment, self.seed = bool(augment), int(seed)
-        self.symmetries = all_symmetries() if augment else None
+        norm = FieldNormalizer({"density": self.scale})
+        self.transform = Compose(RandomCubeSymmetry((False,)), norm) if augment else norm
 
     # ------------------------------------------------------------------ parameters
     def to_unit(self, theta):
@@ -154,15 +151,15 @@ class SubcubeDataset(torch.utils.data.Dataset):
         region = (slice(None),) + tuple(slice(c, c + self.size) for c in corner)
         return self.base.read_region(box, "density", region)
 
+    def sample(self, j, epoch=0):
+        """(density sub-cube / scale under the symmetry of (seed, epoch, j), unit parameters)."""
+        (x,) = call_transform(self.transform, (self.cube(j),), sample_rng(self.seed, epoch, j))
+        y = torch.from_numpy(self.to_unit(self.theta[self.box_of(j)]).astype(np.float32))
+        return x, y
+
     def __getitem__(self, item):
         epoch, j = divmod(int(item), len(self))
-        x = self.cube(j) / self.scale
-        if self.augment:
-            rng = np.random.default_rng([self.seed, epoch, j])
-            perm, flips = self.symmetries[int(rng.integers(len(self.symmetries)))]
-            x = apply_symmetry(x, perm, flips, vector=False)
-        y = torch.from_numpy(self.to_unit(self.theta[self.box_of(j)]).astype(np.float32))
-        return x, y, j
+        return self.sample(j, epoch) + (j,)
 
     def __repr__(self):
         return (f"SubcubeDataset({self.base.root!r}, split={self.base.split!r}, {len(self.base)} boxes x "

@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from .. import __version__
+from ..errors import InputError
 from .atomic import atomic_path
 
 FIELD_UNITS = {"disp": "Mpc/h", "vel": "km/s"}
@@ -59,3 +60,30 @@ def read_field(path, name):
     """A (3, nc, nc, nc) float32 dataset, e.g. ``read_field(p, "fastpm/disp")``."""
     with h5py.File(path, "r") as f:
         return f[name][...]
+
+
+def read_positions(path, name, rank=0, size=1):
+    """Particle positions q + displacement of field ``name`` ("za", "lpt2", "fastpm") of a
+    simulation file: the rows of process ``rank`` of ``size`` (planes of i split evenly),
+    (n, 3) float64 in Mpc/h wrapped into [0, box), and the file's attributes (plain dict).
+    Raises InputError (one line) for a file that is not a simulation file or lacks the field."""
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(f"cannot open simulation file {path} ({exc})") from None
+    with f:
+        key = f"{name}/disp"
+        if key not in f:
+            raise InputError(f"{path} has no field '{name}' (has: "
+                             f"{', '.join(sorted(k for k in f.keys() if f'{k}/disp' in f))})")
+        attrs = plain_attrs(f.attrs)
+        missing = [k for k in ("nc", "box_size") if k not in attrs]
+        if missing:
+            raise InputError(f"{path} is not a cosmonet simulation file (no '{missing[0]}' attribute)")
+        nc, box = int(attrs["nc"]), float(attrs["box_size"])
+        rows = np.array_split(np.arange(nc), size)[rank]
+        lo, hi = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 0)
+        disp = f[key][:, lo:hi].astype(np.float64)
+    q = lagrangian_grid(nc, box, slice(lo, hi))
+    pos = np.mod(q + disp, box).reshape(3, -1).T
+    return pos, attrs

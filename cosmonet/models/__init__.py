@@ -4,15 +4,16 @@
 "paramnet": the parameter-inference conv-net of Ravanbakhsh et al.);
 ``model_signature(model)`` gives ``{"name", "kwargs"}`` to store in a checkpoint and
 ``check_signature(saved, model)`` / ``build_from_signature(saved)`` use it on loading;
-``count_parameters`` counts trainable parameters; ``count_flops`` (from ``layers``) counts
+``count_parameters`` counts trainable parameters; ``count_flops`` (from ``flops``) counts
 convolution FLOPs for an input shape.
 
 Adding a model: in a new module of this package, decorate the class with
 ``@register_model("paramnet")`` (keep the constructor arguments in ``self.config``) and
 import that module below so that it registers on ``import cosmonet.models``.
 """
-from .layers import (ConvBlock, DoubleConv, DownBlock, FlopReport, PeriodicConv3d, PeriodicConvTranspose3d,
-                     UpBlock, count_flops, periodic_pad)
+from .flops import FlopReport, count_flops
+from .layers import (ConvBlock, DoubleConv, DownBlock, PeriodicConv3d, PeriodicConvTranspose3d, UpBlock,
+                     periodic_pad)
 from .registry import (available_models, build_from_signature, build_model, check_signature, count_parameters,
                        model_signature, register_model, signature_differences)
 from . import unet as _unet  # noqa: F401  (registers "unet")

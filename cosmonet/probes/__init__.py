@@ -12,7 +12,7 @@ filter, an axis-dependent or position-dependent operator), and the command
 - :func:`~cosmonet.probes.rotation.probe_rotation`: the same mode along the cube's
   symmetric directions; spread of the predicted power between orientations.
 - :func:`~cosmonet.probes.phase.probe_phase`: the same mode at several phases.
-- :func:`~cosmonet.probes.cosmology.probe_cosmology`: other cosmologies' test pairs;
+- :func:`~cosmonet.probes.cosmology_probe.probe_cosmology`: other cosmologies' test pairs;
   model and 2LPT against FastPM.
 - :func:`~cosmonet.probes.amplitude.probe_amplitude`: plane-wave amplitude from linear to
   shell crossing, model against FastPM on the same initial condition.

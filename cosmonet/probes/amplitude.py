@@ -20,10 +20,10 @@ import math
 
 import numpy as np
 
+from ..analysis.power import displacement_error
 from ..errors import InputError
-from .planewave import (UNITS, check_mode, check_prediction, compare_modes, displacement_error,
-                        fourier_modes, measure_density, measure_modes, mode_k, planewave_displacement,
-                        run_planewave_nbody, say, zero_input)
+from .planewave import (UNITS, check_mode, check_prediction, compare_modes, fourier_modes, measure_density,
+                        measure_modes, mode_k, planewave_displacement, run_planewave_nbody, say, zero_input)
 
 #: default sweep, as A |k| (ZA shell crossing at 1)
 DEFAULT_AK = (0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5)

@@ -215,7 +215,7 @@ def cmd_probe(args):
         return emulate_box(model, disp, scale, device=args.device)
 
     t0 = time.perf_counter()
-    from . import plots
+    from . import figures as plots
     if kind == "planewave":
         from .planewave import probe_planewave
         report = probe_planewave(predict, setup, mode, args.amplitude, phase, args.with_nbody, progress=progress)
@@ -239,8 +239,7 @@ def cmd_probe(args):
         report = probe_amplitude(predict, setup, mode, amps, phase, args.tolerance, progress=progress)
         figures = plots.plot_amplitude(report, os.path.join(args.out, "amplitude.png"))
     else:
-        from .cosmology import probe_cosmology
-        from .cosmology import open_campaign
+        from .cosmology_probe import open_campaign, probe_cosmology
         reference = None
         if not args.no_reference:
             split = ((state.get("config") or {}).get("data") or {}).get("test_split") or "test"

@@ -18,22 +18,19 @@ longitudinal fraction of the main mode (1 for a curl-free displacement along k_h
 density contrast of the particles at q + psi at +-k and its harmonics comes from exact
 sums over the particles (:func:`density_modes`; a ZA plane wave gives Bessel functions).
 For figures: the binned power spectra P(k) = V <|psi_k|^2> of the displacement ((Mpc/h)^5,
-summed over components, :func:`cosmonet.analysis.d3m_eval._vector_power`) and of the
+summed over components, :func:`cosmonet.analysis.power.vector_power`) and of the
 density ((Mpc/h)^3, CIC on a 4x finer mesh, window divided out), against k in h/Mpc.
 """
 import math
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 from mpi4py import MPI
 
-from ..analysis.d3m_eval import _vector_power
-from ..analysis.power import binned_power, density_k, k_edges
+from ..analysis.power import binned_power, density_k, displacement_error, k_edges, vector_power
 from ..errors import InputError
-from ..growth import growth_for
+from ..cosmology import growth_for
 from ..io.simfile import lagrangian_grid
 from ..mesh import ParticleMesh
 from ..sim.simulation import SimConfig
@@ -73,23 +70,18 @@ class ProbeSetup(SimConfig):
         ``note`` is None, or one line saying which cosmology was taken when the campaign
         has several.
         """
-        from ..config import load_config
-        from ..io.shards import CONFIG_COPY
+        from ..campaign.plan import plan, resolve_cosmology_block
+        from ..campaign.store import read_config
         from ..cosmology import parse_cosmology
-        from ..sim.campaign import plan, resolve_cosmology_block
 
-        path = os.path.join(root, CONFIG_COPY)
-        if not os.path.exists(path):
-            raise InputError(f"{root} is not a campaign directory (no {CONFIG_COPY})")
-        cfg = load_config(path)
+        cfg = read_config(root)
         note = None
         if resolve_cosmology_block(cfg.cosmology) == "fixed":
             cosmo = parse_cosmology(cfg.cosmology)
         else:
             cosmo = plan(cfg)[0].cosmology
             note = f"training campaign {root} has several cosmologies; FastPM runs use that of simulation 0"
-        return cls(nc=cfg.nc, box=cfg.box, steps=cfg.steps, boost=cfg.boost, a_start=cfg.a_start,
-                   a_final=cfg.a_final, cosmology=cosmo), note
+        return cls(cosmology=cosmo, **cfg.sim_fields()), note
 
 
 # --------------------------------------------------------------------------- modes
@@ -210,15 +202,11 @@ def planewave_linear_field(setup, mode, amplitude, phase=0.0):
 
 def run_planewave_nbody(setup, mode, amplitude, phase=0.0):
     """ZA, 2LPT and FastPM displacements ((3, nc, nc, nc) float64, Mpc/h) of the engine run on
-    the plane-wave linear field, through the ``linear_field`` (.npy) input of
+    the plane-wave linear field, through the ``linear_field`` input of
     :func:`cosmonet.sim.simulation.run_simulation` on one process."""
     from ..sim.simulation import run_simulation
     delta = planewave_linear_field(setup, mode, amplitude, phase)
-    with tempfile.TemporaryDirectory(prefix="cosmonet-probe-") as tmp:
-        path = os.path.join(tmp, "planewave_delta_lin.npy")
-        np.save(path, delta)
-        res = run_simulation(setup, MPI.COMM_SELF, linear_field=path,
-                             fields={"za/disp", "lpt2/disp", "fastpm/disp"})
+    res = run_simulation(setup, MPI.COMM_SELF, linear_field=delta, fields={"za/disp", "lpt2/disp", "fastpm/disp"})
     return {name.split("/")[0]: np.asarray(v, dtype=np.float64) for name, v in res.fields.items()}
 
 
@@ -373,7 +361,7 @@ def binned_spectra(disp, setup, mode=None):
     pm = ParticleMesh(setup.nc, setup.box, MPI.COMM_SELF, dtype=np.float64)
     fine = _fine_mesh(setup)
     dens = density_k(fine, _positions(disp, setup), setup.nc ** 3, "cic")
-    out = {"displacement": _vector_power(pm, disp), "density": binned_power(fine, dens, edges=k_edges(pm))}
+    out = {"displacement": vector_power(pm, disp), "density": binned_power(fine, dens, edges=k_edges(pm))}
     if mode is not None:
         for mesh, key in ((pm, "displacement"), (fine, "density")):
             out[key]["injected_bin"] = _bin_of_mode(mesh, out[key], mode)
@@ -446,12 +434,6 @@ def zero_input(predict, setup):
                    "rms_about_mean": float(np.sqrt(v.sum())),
                    "largest_mode": {"mode": list(sj), "k": mode_k(sj, setup),
                                     "variance": float(v[j] + v[_idx(-np.asarray(sj), setup.nc)]) if v[j] > 0 else 0.0}}
-
-
-def displacement_error(pred, true):
-    """<|psi_pred - psi_true|> / <|psi_true|> over all particles (as evaluate)."""
-    den = np.sqrt((true ** 2).sum(axis=0)).mean()
-    return float(np.sqrt(((pred - true) ** 2).sum(axis=0)).mean() / den) if den > 0 else None
 
 
 def probe_planewave(predict, setup, mode, amplitude, phase=0.0, with_nbody=False, max_order=4,

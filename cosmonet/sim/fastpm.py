@@ -13,9 +13,30 @@ evaluation (1 forward + 3 inverse FFTs on the force mesh).
 """
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
-from ..mesh.cic import axpy, drift_wrap
+
+# --------------------------------------------------------------------------- in-place updates
+@numba.njit(cache=True, nogil=True)
+def drift_wrap(pos, mom, factor, boxsize):
+    """pos += factor * mom, wrapped periodically into [0, boxsize) (in place)."""
+    for p in range(pos.shape[0]):
+        for d in range(3):
+            x = pos[p, d] + factor * mom[p, d]
+            x = x - boxsize * np.floor(x / boxsize)
+            if x >= boxsize:
+                x = 0.0
+            pos[p, d] = x
+
+
+@numba.njit(cache=True, nogil=True)
+def axpy(y, alpha, x):
+    """y += alpha * x in place (flat loop, no temporaries)."""
+    yf = y.reshape(-1)
+    xf = x.reshape(-1)
+    for i in range(yf.shape[0]):
+        yf[i] += alpha * xf[i]
 
 
 @dataclass

@@ -36,30 +36,16 @@ def linear_density_k(pm, seed, power):
     return noise_k * amplitude
 
 
-def open_linear_field(path, nc):
-    """Memory-map a user's real-space delta_lin at a = 1 and check it: a ``.npy`` float
-    array of shape (nc, nc, nc). Raises :class:`InputError` with one line otherwise."""
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise InputError(f"--linear-field {path}: cannot read as a .npy array ({exc})") from None
-    if not isinstance(arr, np.ndarray):
-        raise InputError(f"--linear-field {path}: not a single .npy array (an .npz archive?)")
-    if arr.shape != (nc, nc, nc):
-        raise InputError(f"--linear-field {path}: shape {arr.shape}, expected ({nc}, {nc}, {nc}) "
-                         "(real-space delta_lin at a = 1 on the nc^3 particle grid)")
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise InputError(f"--linear-field {path}: dtype {arr.dtype}, expected a float array")
-    return arr
+def linear_density_from_field(pm, delta):
+    """delta_lin(k) of a given real-space linear density contrast at a = 1.
 
-
-def load_linear_field(path, pm):
-    """Read a user's real-space delta_lin at a = 1 (``.npy``, shape (nc, nc, nc)).
-
-    Each rank reads only its slab (memory-mapped). Returns the local complex slab.
+    delta: the full (nc, nc, nc) float array (dimensionless) on the particle grid, e.g. a
+    memory-mapped ``.npy``; each rank reads only its x-slab. Returns the local complex slab.
     """
-    arr = open_linear_field(path, pm.Nmesh)
-    local = np.asarray(arr[pm.x0:pm.x1], dtype=np.float64)
+    n = pm.Nmesh
+    if tuple(np.shape(delta)) != (n, n, n):
+        raise InputError(f"linear field has shape {tuple(np.shape(delta))}, expected ({n}, {n}, {n})")
+    local = np.asarray(delta[pm.x0:pm.x1], dtype=np.float64)
     if not np.all(np.isfinite(local)):
-        raise InputError(f"--linear-field {path}: contains NaN or infinite values")
+        raise InputError("linear field contains NaN or infinite values")
     return pm.r2c(local)

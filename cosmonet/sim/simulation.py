@@ -8,13 +8,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..cosmology import Cosmology
+from ..cosmology import Cosmology, growth_for
 from ..errors import InputError
-from ..growth import growth_for
 from ..mesh import ParticleMesh, get_mesh
 from ..timing import Timers
 from .fastpm import GravitySolver, ParticleState, run_fastpm
-from .linear import linear_density_k, load_linear_field
+from .linear import linear_density_from_field, linear_density_k
 from .lpt import lpt2_displacement, lpt_displacement, lpt_momentum, za_displacement
 
 #: km/s per unit of FastPM momentum divided by a: v = a dx/dt = 100 p / a km/s for
@@ -22,9 +21,16 @@ from .lpt import lpt2_displacement, lpt_displacement, lpt_momentum, za_displacem
 VELOCITY_UNIT_KMS = 100.0
 
 
+def _need(ok, msg):
+    if not ok:
+        raise InputError(msg)
+
+
 @dataclass(frozen=True)
-class SimConfig:
-    """Parameters of one simulation (lengths in Mpc/h).
+class SimParams:
+    """The resolution and time stepping of a simulation (lengths in Mpc/h), checked here
+    once for one simulation (:class:`SimConfig`) and a campaign of them
+    (:class:`~cosmonet.campaign.config.CampaignConfig`).
 
     nc: particles per side (and LPT mesh); box: side in Mpc/h; steps: FastPM KDK steps;
     boost: force mesh = boost * nc; a_start: FastPM start (2LPT ICs); a_final: end.
@@ -34,27 +40,36 @@ class SimConfig:
     box: float = 128.0
     steps: int = 10
     boost: float = 2
-    seed: int = 42
     a_start: float = 0.1
     a_final: float = 1.0
-    cosmology: Cosmology = field(default_factory=Cosmology.planck15)
 
     def __post_init__(self):
-        def need(ok, msg):
-            if not ok:
-                raise InputError(msg)
+        need = _need
         need(isinstance(self.nc, (int, np.integer)) and self.nc >= 2, f"nc must be an integer >= 2 (got {self.nc})")
         need(np.isfinite(self.box) and self.box > 0, f"box must be > 0 Mpc/h (got {self.box})")
         need(isinstance(self.steps, (int, np.integer)) and self.steps >= 1, f"steps must be an integer >= 1 (got {self.steps})")
         need(np.isfinite(self.boost) and self.boost >= 1 and float(self.boost * self.nc).is_integer(),
              f"boost must be >= 1 with boost * nc an integer (got {self.boost})")
-        need(0 < self.a_start < self.a_final <= 4, f"need 0 < a_start < a_final (got a_start={self.a_start}, "
-             f"a_final={self.a_final})")
-        need(0 <= int(self.seed) < 2 ** 63, f"seed must be a non-negative integer (got {self.seed})")
+        need(0 < self.a_start < self.a_final <= 4, f"a_start must satisfy 0 < a_start < a_final <= 4 "
+             f"(got a_start={self.a_start}, a_final={self.a_final})")
 
     @property
     def force_nmesh(self):
+        """Cells per side of the FastPM force mesh: boost * nc."""
         return int(round(self.boost * self.nc))
+
+
+@dataclass(frozen=True)
+class SimConfig(SimParams):
+    """One simulation: :class:`SimParams` plus the seed of its Gaussian initial
+    conditions and its cosmology."""
+
+    seed: int = 42
+    cosmology: Cosmology = field(default_factory=Cosmology.planck15)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _need(0 <= int(self.seed) < 2 ** 63, f"seed must be a non-negative integer (got {self.seed})")
 
     def attrs(self):
         """Root attributes of a simulation file (HDF5-friendly scalars)."""
@@ -94,8 +109,8 @@ def minimum_image(disp, boxsize):
 def run_simulation(cfg, comm, linear_field=None, timers=None, progress=None, fields=None):
     """Run ZA, 2LPT and FastPM for ``cfg`` on ``comm``; returns a :class:`SimResult`.
 
-    ``linear_field``: path of a real-space delta_lin (.npy, (nc,)*3) replacing the
-    Gaussian field from ``cfg.seed``. ``progress(step, a)`` is called on every rank.
+    ``linear_field``: the real-space delta_lin at a = 1, an (nc, nc, nc) array (each rank
+    reads its slab; a memory-mapped ``.npy`` works), replacing the Gaussian field from ``cfg.seed``. ``progress(step, a)`` is called on every rank.
     """
     timers = Timers() if timers is None else timers
     cosmo = cfg.cosmology
@@ -105,7 +120,7 @@ def run_simulation(cfg, comm, linear_field=None, timers=None, progress=None, fie
         growth = growth_for(cosmo)
     with timers("lpt"):
         if linear_field is not None:
-            delta_k = load_linear_field(linear_field, pm)
+            delta_k = linear_density_from_field(pm, linear_field)
         else:
             delta_k = linear_density_k(pm, cfg.seed, lambda k: cosmo.linear_power(k))
         psi1 = za_displacement(pm, delta_k)

@@ -5,72 +5,33 @@ writes checkpoints. A resumed run continues the same trajectory: the sampler's e
 position, the optimiser, the scheduler and the RNG states are restored, and augmentation
 draws its symmetry from (seed, epoch, sample index), not from a stream that depends on
 the number of ranks or workers.
+
+The steps, each a function below: :func:`build_task` (datasets, model, losses and what a
+checkpoint must record), :func:`build_optimizer` (optimiser and learning-rate schedule),
+:func:`restore` (resume from the latest checkpoint), :class:`LoaderBatches` (where the
+batches of an epoch come from, on the device), :func:`run_epoch` (one pass of training
+steps) and :func:`validate` (the validation loss after an epoch). :func:`train` strings
+them together.
 """
 import json
 import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ..errors import InputError
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
 from .dist import init_backend
 from .sampler import ShardedBatchSampler
-
-VECTOR_FIELDS = ("disp", "vel")
+from .trainconfig import TrainConfig, validate_train_config
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss or data); the message names the step."""
-
-
-def is_vector_field(name):
-    return name.split("/")[-1] in VECTOR_FIELDS
-
-
-class PairDataset(Dataset):
-    """(input, target) pairs from a campaign, divided by ``scale``, with per-sample
-    symmetry augmentation seeded by (seed, epoch, index).
-
-    Item ``epoch * len + index`` is sample ``index`` as augmented in ``epoch`` (what
-    :class:`ShardedBatchSampler` yields); plain indices below ``len`` are epoch 0.
-    """
-
-    def __init__(self, base, scale, augment, seed, vector_flags):
-        self.base, self.scale, self.augment, self.seed = base, float(scale), augment, int(seed)
-        self.vector_flags = vector_flags
-        if augment:
-            from ..data import all_symmetries
-            self.symmetries = all_symmetries()
-
-    def __len__(self):
-        return len(self.base)
-
-    def __getitem__(self, item):
-        epoch, i = divmod(int(item), len(self.base))
-        tensors = [t / self.scale for t in self.base[i]]
-        if self.augment:
-            from ..data import apply_symmetry
-            rng = np.random.default_rng([self.seed, epoch, i])
-            perm, flips = self.symmetries[int(rng.integers(len(self.symmetries)))]
-            tensors = [apply_symmetry(t, perm, flips, vector=v) for t, v in zip(tensors, self.vector_flags)]
-        return tuple(tensors) + (i,)
-
-
-def _param_model_kwargs(cfg, kwargs, train_set):
-    """Fill paramnet's input_size and n_params from the data; InputError when they disagree."""
-    if cfg["model"]["name"] != "paramnet":
-        return kwargs
-    kwargs = dict(kwargs)
-    for key, value in (("input_size", train_set.size), ("n_params", len(train_set.params))):
-        if kwargs.setdefault(key, value) != value:
-            raise InputError(f"train config: model.{key} is {kwargs[key]} but the data give {value} "
-                             f"(data.subcube / data.params)")
-    return kwargs
 
 
 def _say(backend, msg):
@@ -78,17 +39,12 @@ def _say(backend, msg):
         print(msg, file=sys.stderr, flush=True)
 
 
-def _lr_lambda(kind, total_steps):
-    if kind == "constant":
-        return lambda step: 1.0
-    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
-
-
 def is_param_task(cfg):
     """True when the config trains parameter inference (data.target: params)."""
     return cfg["data"]["target"] == "params"
 
 
+# --------------------------------------------------------------------------- the task
 def build_param_datasets(cfg):
     """Sub-cube datasets (train, validation or None) for parameter inference."""
     from ..data.subcubes import SubcubeDataset
@@ -107,36 +63,266 @@ def build_param_datasets(cfg):
 
 
 def build_datasets(cfg):
-    from ..data import ShardDataset
-    d = cfg["data"]
+    """(input, target) datasets (train, validation or None) for the D3M emulator: campaign
+    shards through the transforms of :mod:`cosmonet.data` (a random cube symmetry per
+    (seed, epoch, sample) when ``data.augment``, then division by ``data.scale``)."""
+    from ..data import Compose, FieldNormalizer, RandomCubeSymmetry, ShardDataset
+    d, seed = cfg["data"], cfg["train"]["seed"]
     fields = (d["input"], d["target"])
-    flags = tuple(is_vector_field(f) for f in fields)
-    train = ShardDataset(d["root"], split=d["train_split"], fields=fields)
+    norm = FieldNormalizer({name: d["scale"] for name in fields})
+    augment = Compose(RandomCubeSymmetry.for_fields(fields), norm) if d["augment"] else norm
+    train = ShardDataset(d["root"], split=d["train_split"], fields=fields, transform=augment, seed=seed)
     val = None
     if d["val_split"]:
         try:
-            val = ShardDataset(d["root"], split=d["val_split"], fields=fields)
+            val = ShardDataset(d["root"], split=d["val_split"], fields=fields, transform=norm, seed=seed)
         except InputError:
             val = None
-    return train, val, flags
+    return train, val
 
 
-def _loss_fn(pred, target):
+def _param_model_kwargs(cfg, kwargs, train_set):
+    """Fill paramnet's input_size and n_params from the data; InputError when they disagree."""
+    if cfg["model"]["name"] != "paramnet":
+        return kwargs
+    kwargs = dict(kwargs)
+    for key, value in (("input_size", train_set.size), ("n_params", len(train_set.params))):
+        if kwargs.setdefault(key, value) != value:
+            raise InputError(f"train config: model.{key} is {kwargs[key]} but the data give {value} "
+                             f"(data.subcube / data.params)")
+    return kwargs
+
+
+def _mse(pred, target):
     return torch.mean((pred - target) ** 2)
 
 
-def _make_loss(cfg, box, model):
+def _train_loss(cfg, box, model):
+    """The training loss: the model's own (paramnet), MSE, or MSE plus the density term."""
     from .losses import displacement_loss
     if hasattr(model, "loss"):            # a model that defines its own loss (paramnet: MSE or Gaussian NLL)
         return model.loss
-    weight = cfg["train"]["density_weight"]
-    scale = cfg["data"]["scale"]
+    weight, scale = cfg["train"]["density_weight"], cfg["data"]["scale"]
     if weight == 0:
-        return _loss_fn
+        return _mse
     return lambda pred, target: displacement_loss(pred, target, scale, box, weight)
 
 
-def evaluate_loss(model, dataset, backend, batch_size, device, loss_fn=_loss_fn):
+@dataclass
+class Task:
+    """What a run trains: datasets (items ``epoch * len + i`` -> (x, y, i)), the model on
+    its device, the losses, and what every checkpoint records besides the weights."""
+
+    train_set: object
+    val_set: object
+    model: torch.nn.Module
+    train_loss: object
+    val_loss: object
+    signature: dict
+    normalization: dict
+
+
+def build_task(cfg, device):
+    """Datasets, model (seeded by ``train.seed``), losses and normalisation of ``cfg``."""
+    from ..data import EpochItems
+    from ..models import build_model, model_signature
+    d = cfg["data"]
+    torch.manual_seed(cfg["train"]["seed"])
+    model_kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
+    if is_param_task(cfg):
+        train_set, val_set = build_param_datasets(cfg)
+        model_kwargs = _param_model_kwargs(cfg, model_kwargs, train_set)
+        normalization = {"input": d["input"], "target": "params", "scale": d["scale"],
+                         "params": list(train_set.params), "ranges": {p: list(r) for p, r in train_set.ranges.items()},
+                         "subcube": train_set.size, "subcube_side": train_set.side}
+        box = train_set.base.box_size
+    else:
+        normalization = {"input": d["input"], "target": d["target"], "scale": d["scale"]}
+    try:
+        model = build_model(cfg["model"]["name"], **model_kwargs).to(device)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"train config: model: {exc}") from None
+    signature = model_signature(model)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last_3d)
+    if not is_param_task(cfg):
+        train_base, val_base = build_datasets(cfg)
+        train_set, val_set = EpochItems(train_base), (EpochItems(val_base) if val_base is not None else None)
+        box = train_base.box_size
+    return Task(train_set=train_set, val_set=val_set, model=model, train_loss=_train_loss(cfg, float(box), model),
+                val_loss=getattr(model, "loss", _mse), signature=signature, normalization=normalization)
+
+
+# --------------------------------------------------------------------------- optimiser, restore
+def _lr_lambda(kind, total_steps):
+    if kind == "constant":
+        return lambda step: 1.0
+    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+
+def build_optimizer(t_cfg, model, global_batch, total_steps):
+    """(optimiser, scheduler, lr): Adam or SGD with ``train.lr`` scaled linearly from
+    ``train.base_batch`` to ``global_batch``, under a cosine or constant schedule."""
+    lr = t_cfg["lr"] * global_batch / t_cfg["base_batch"]
+    if t_cfg["optimizer"] == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=t_cfg["weight_decay"])
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=t_cfg["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(t_cfg["scheduler"], total_steps))
+    return optimizer, scheduler, lr
+
+
+@dataclass
+class Progress:
+    """Where a run stands: optimiser steps taken, epoch, batches done in that epoch."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+
+def restore(out, task, optimizer, scheduler, backend):
+    """The :class:`Progress` of the latest checkpoint in ``out`` (weights, optimiser,
+    scheduler and RNG states loaded), or a fresh one when there is none."""
+    path = latest_checkpoint(out)
+    if path is None:
+        _say(backend, f"train: --resume but no checkpoint in {out}; starting from scratch")
+        return Progress()
+    state = load_checkpoint(path, expect_signature=task.signature)
+    task.model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    _say(backend, f"train: resumed from {path} (step {state['step']}, epoch {state['epoch']})")
+    return Progress(state["step"], state["epoch"], state["batch_in_epoch"])
+
+
+# --------------------------------------------------------------------------- batches
+class LoaderBatches:
+    """Where the batches come from: ``epoch(e, start)`` yields this rank's ``(x, y, idx)``
+    of epoch ``e`` from batch ``start`` on, on ``device``.
+
+    One DataLoader for the whole run over a :class:`ShardedBatchSampler`: its workers
+    persist across epochs (the sampler's indices carry the epoch), so no worker start-up is
+    paid per epoch. Another source (e.g. data kept on the GPU) only needs ``epoch``.
+    """
+
+    def __init__(self, dataset, sampler, batch_size, num_workers, device):
+        self.sampler, self.device = sampler, device
+        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                                 drop_last=True, persistent_workers=num_workers > 0,
+                                 pin_memory=device.type == "cuda")
+
+    def epoch(self, epoch, start=0):
+        self.sampler.set_epoch(epoch)
+        self.sampler.set_start(start)
+        for x, y, idx in self.loader:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if self.device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            yield x, y, idx
+
+
+# --------------------------------------------------------------------------- one epoch
+@dataclass
+class Run:
+    """The state one training run carries between steps (rank-local timings included)."""
+
+    cfg: TrainConfig
+    task: Task
+    model: torch.nn.Module              # wrapped by the backend
+    optimizer: object
+    scheduler: object
+    backend: object
+    progress: Progress
+    global_batch: int
+    max_steps: int
+    total_steps: int
+    log: object = None                  # the JSON-lines log (rank 0)
+    log_stream: object = sys.stderr
+    last_ckpt: str = None
+    t_start: float = 0.0
+    wait: float = 0.0
+    compute: float = 0.0
+    samples_done: int = 0
+
+    def checkpoint_state(self):
+        p = self.progress
+        return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "step": p.step, "epoch": p.epoch,
+                "batch_in_epoch": p.batch_in_epoch, "rng": rng_state(), "model_signature": self.task.signature,
+                "normalization": self.task.normalization, "config": self.cfg.to_dict(), "world_size": self.backend.size}
+
+    def checkpoint(self):
+        """Rank 0 writes a checkpoint; every rank waits for it."""
+        if self.backend.is_root:
+            self.last_ckpt = save_checkpoint(self.cfg["out"], self.checkpoint_state())
+        self.backend.barrier()
+
+
+def _check_finite(run, x, y, idx, step):
+    backend = run.backend
+    bad = torch.tensor([0.0 if bool(torch.isfinite(x).all() and torch.isfinite(y).all()) else 1.0])
+    if float(backend.allreduce_sum(bad)) > 0:
+        raise TrainingError(f"non-finite values in the batch of step {step} (samples {idx.tolist()} on rank "
+                            f"{backend.rank}); last good checkpoint: {run.last_ckpt}")
+
+
+def train_step(run, x, y, autocast):
+    """One optimiser step on a batch; returns the rank's loss (a float64 CPU tensor of 1)."""
+    with autocast:
+        loss = run.task.train_loss(run.model(x).float(), y)
+    lossv = loss.detach().reshape(1).double().cpu()
+    if float(run.backend.allreduce_sum(torch.tensor([0.0 if math.isfinite(float(lossv)) else 1.0]))) > 0:
+        raise TrainingError(f"non-finite loss at step {run.progress.step + 1}; training stopped, last good "
+                            f"checkpoint: {run.last_ckpt}")
+    run.optimizer.zero_grad()
+    loss.backward()
+    run.optimizer.step()
+    run.scheduler.step()
+    return lossv
+
+
+def _log_step(run, lossv):
+    p, backend = run.progress, run.backend
+    mean_loss = float(backend.allreduce_mean(lossv.clone()))
+    if backend.is_root:
+        elapsed = time.perf_counter() - run.t_start
+        rec = {"step": p.step, "epoch": p.epoch, "loss": mean_loss, "lr": run.scheduler.get_last_lr()[0],
+               "samples_per_second": run.samples_done / elapsed, "data_wait_seconds": run.wait,
+               "compute_seconds": run.compute, "elapsed_seconds": elapsed}
+        run.log.write(json.dumps(rec) + "\n")
+        run.log.flush()
+        print(f"train: step {p.step}/{min(run.max_steps, run.total_steps)} epoch {p.epoch} loss {mean_loss:.5f} "
+              f"{rec['samples_per_second']:.1f} samples/s (data wait {run.wait:.1f} s)",
+              file=run.log_stream, flush=True)
+
+
+def run_epoch(run, batches, autocast):
+    """Train on the rest of the current epoch; returns True when ``max_steps`` was reached."""
+    t_cfg, p = run.cfg["train"], run.progress
+    t0 = time.perf_counter()
+    for x, y, idx in batches.epoch(p.epoch, p.batch_in_epoch):
+        t1 = time.perf_counter()
+        run.wait += t1 - t0
+        _check_finite(run, x, y, idx, p.step + 1)
+        lossv = train_step(run, x, y, autocast)
+        p.step += 1
+        p.batch_in_epoch += 1
+        run.samples_done += run.global_batch
+        run.compute += time.perf_counter() - t1
+        if p.step % t_cfg["log_every"] == 0 or p.step == run.max_steps:
+            _log_step(run, lossv)
+        if p.step % t_cfg["checkpoint_every"] == 0 or p.step == run.max_steps:
+            run.checkpoint()
+        if p.step >= run.max_steps:
+            return True
+        t0 = time.perf_counter()
+    return False
+
+
+# --------------------------------------------------------------------------- validation
+def evaluate_loss(model, dataset, backend, batch_size, device, loss_fn=_mse):
     """Mean loss over ``dataset`` (every rank takes a share), averaged over ranks."""
     model.eval()
     total = torch.zeros(2, dtype=torch.float64)
@@ -151,168 +337,82 @@ def evaluate_loss(model, dataset, backend, batch_size, device, loss_fn=_loss_fn)
     return float(total[0] / max(total[1], 1))
 
 
-def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
-    """Train the configured model; returns a summary dict (on every rank)."""
-    from ..models import build_model, model_signature
+def validate(run):
+    """The validation loss after an epoch, logged by rank 0 (nothing without a validation set)."""
+    if run.task.val_set is None:
+        return
+    backend = run.backend
+    val_loss = evaluate_loss(unwrap(run.model), run.task.val_set, backend, run.cfg["train"]["batch_size"],
+                             backend.device, run.task.val_loss)
+    if backend.is_root:
+        run.log.write(json.dumps({"step": run.progress.step, "epoch": run.progress.epoch, "val_loss": val_loss}) + "\n")
+        run.log.flush()
+        print(f"train: epoch {run.progress.epoch} done, validation loss {val_loss:.5f}", file=run.log_stream, flush=True)
 
-    backend = init_backend(cfg["train"]["backend"]) if backend is None else backend
-    t_cfg, d_cfg = cfg["train"], cfg["data"]
-    out = cfg["out"]
-    device = backend.device
+
+# --------------------------------------------------------------------------- the run
+def _sampler(cfg, n, backend):
+    t_cfg = cfg["train"]
+    try:
+        return ShardedBatchSampler(n, backend.rank, backend.size, t_cfg["batch_size"], seed=t_cfg["seed"])
+    except ValueError as exc:
+        raise InputError(f"train config: {exc} (train split of {cfg['data']['root']})") from None
+
+
+def _summary(run):
+    backend, elapsed, p = run.backend, time.perf_counter() - run.t_start, run.progress
+    return {"out": run.cfg["out"], "steps": p.step, "epochs_completed": p.epoch, "ranks": backend.size,
+            "backend": backend.name, "launcher": backend.world.launcher, "global_batch": run.global_batch,
+            "samples_per_second": run.samples_done / elapsed if elapsed > 0 else None,
+            "samples_per_second_per_rank": run.samples_done / elapsed / backend.size if elapsed > 0 else None,
+            "data_wait_seconds": run.wait, "compute_seconds": run.compute, "wall_seconds": elapsed,
+            "checkpoint": run.last_ckpt}
+
+
+def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
+    """Train the configured model.
+
+    Returns ``(summary, model, backend)`` on every rank: the summary dict (steps, epochs,
+    throughput, timings, the last checkpoint's path on rank 0), the trained model
+    (unwrapped from the backend) and the backend the run used.
+    """
+    cfg = cfg if isinstance(cfg, TrainConfig) else validate_train_config(cfg)
+    t_cfg, out = cfg["train"], cfg["out"]
+    backend = init_backend(t_cfg["backend"]) if backend is None else backend
     if backend.is_root:
         os.makedirs(out, exist_ok=True)
-    torch.manual_seed(t_cfg["seed"])
-    model_kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
-    if is_param_task(cfg):
-        train_set, val_set = build_param_datasets(cfg)
-        model_kwargs = _param_model_kwargs(cfg, model_kwargs, train_set)
-    try:
-        model = build_model(cfg["model"]["name"], **model_kwargs).to(device)
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"train config: model: {exc}") from None
-    signature = model_signature(model)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last_3d)
-
-    if is_param_task(cfg):
-        normalization = {"input": d_cfg["input"], "target": "params", "scale": d_cfg["scale"],
-                         "params": list(train_set.params), "ranges": {p: list(r) for p, r in train_set.ranges.items()},
-                         "subcube": train_set.size, "subcube_side": train_set.side}
-    else:
-        train_base, val_base, flags = build_datasets(cfg)
-        train_set = PairDataset(train_base, d_cfg["scale"], d_cfg["augment"], t_cfg["seed"], flags)
-        val_set = (PairDataset(val_base, d_cfg["scale"], False, t_cfg["seed"], flags)
-                   if val_base is not None else None)
-        normalization = {"input": d_cfg["input"], "target": d_cfg["target"], "scale": d_cfg["scale"]}
-    try:
-        sampler = ShardedBatchSampler(len(train_set), backend.rank, backend.size, t_cfg["batch_size"],
-                                      seed=t_cfg["seed"])
-    except ValueError as exc:
-        raise InputError(f"train config: {exc} (train split of {d_cfg['root']})") from None
-    train_loss = _make_loss(cfg, float(train_set.base.box_size), model)
-    val_loss_fn = getattr(model, "loss", _loss_fn)
-    steps_per_epoch = sampler.batches_per_epoch
-    total_steps = steps_per_epoch * t_cfg["epochs"]
-    global_batch = sampler.global_batch
-    lr = t_cfg["lr"] * global_batch / t_cfg["base_batch"]
-    if t_cfg["optimizer"] == "adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=t_cfg["weight_decay"])
-    else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=t_cfg["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(t_cfg["scheduler"], total_steps))
-
-    step = epoch = batch_in_epoch = 0
-    if resume:
-        path = latest_checkpoint(out)
-        if path is None:
-            _say(backend, f"train: --resume but no checkpoint in {out}; starting from scratch")
-        else:
-            state = load_checkpoint(path, expect_signature=signature)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-            set_rng_state(state["rng"])
-            _say(backend, f"train: resumed from {path} (step {step}, epoch {epoch})")
-    backend.broadcast_parameters(model)
-    model = backend.wrap_model(model)
+    task = build_task(cfg, backend.device)
+    sampler = _sampler(cfg, len(task.train_set), backend)
+    total_steps = sampler.batches_per_epoch * t_cfg["epochs"]
+    optimizer, scheduler, lr = build_optimizer(t_cfg, task.model, sampler.global_batch, total_steps)
+    progress = restore(out, task, optimizer, scheduler, backend) if resume else Progress()
+    backend.broadcast_parameters(task.model)
+    model = backend.wrap_model(task.model)
     optimizer = backend.wrap_optimizer(optimizer, unwrap(model))
-
-    def checkpoint_state():
-        return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch,
-                "batch_in_epoch": batch_in_epoch, "rng": rng_state(), "model_signature": signature,
-                "normalization": normalization,
-                "config": cfg, "world_size": backend.size}
-
-    log_path = os.path.join(out, "train_log.jsonl")
-    log = open(log_path, "a") if backend.is_root else None
-    max_steps = t_cfg["max_steps"] or total_steps
+    run = Run(cfg=cfg, task=task, model=model, optimizer=optimizer, scheduler=scheduler, backend=backend,
+              progress=progress, global_batch=sampler.global_batch, max_steps=t_cfg["max_steps"] or total_steps,
+              total_steps=total_steps, log=open(os.path.join(out, "train_log.jsonl"), "a") if backend.is_root else None,
+              log_stream=log_stream, last_ckpt=latest_checkpoint(out) if backend.is_root else None)
+    device = backend.device
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
     _say(backend, f"train: {unwrap(model).__class__.__name__} on {backend.size} rank(s) ({backend.name}, "
-                  f"{backend.world.launcher}), {len(train_set)} training samples, global batch {global_batch}, "
-                  f"lr {lr:g}, {steps_per_epoch} steps per epoch, until step {min(max_steps, total_steps)}")
-    last_ckpt = latest_checkpoint(out) if backend.is_root else None
-    t_start = time.perf_counter()
-    wait = compute = 0.0
-    samples_done = 0
-    stop = step >= max_steps
+                  f"{backend.world.launcher}), {len(task.train_set)} training samples, global batch "
+                  f"{sampler.global_batch}, lr {lr:g}, {sampler.batches_per_epoch} steps per epoch, until step "
+                  f"{min(run.max_steps, total_steps)}")
+    run.t_start = time.perf_counter()
     model.train()
-    # one loader for the whole run: its workers persist across epochs (the sampler's
-    # indices carry the epoch), so no worker start-up is paid per epoch
-    loader = DataLoader(train_set, batch_size=t_cfg["batch_size"], sampler=sampler,
-                        num_workers=d_cfg["num_workers"], drop_last=True,
-                        persistent_workers=d_cfg["num_workers"] > 0, pin_memory=device.type == "cuda")
-    while not stop and epoch < t_cfg["epochs"]:
-        sampler.set_epoch(epoch)
-        sampler.set_start(batch_in_epoch)
-        t0 = time.perf_counter()
-        for x, y, idx in loader:
-            t1 = time.perf_counter()
-            wait += t1 - t0
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last_3d)
-            bad = torch.tensor([0.0 if bool(torch.isfinite(x).all() and torch.isfinite(y).all()) else 1.0])
-            if float(backend.allreduce_sum(bad)) > 0:
-                raise TrainingError(f"non-finite values in the batch of step {step + 1} "
-                                    f"(samples {idx.tolist()} on rank {backend.rank}); last good checkpoint: "
-                                    f"{last_ckpt}")
-            with autocast:
-                pred = model(x)
-                loss = train_loss(pred.float(), y)
-            lossv = loss.detach().reshape(1).double().cpu()
-            if float(backend.allreduce_sum(torch.tensor([0.0 if math.isfinite(float(lossv)) else 1.0]))) > 0:
-                raise TrainingError(f"non-finite loss at step {step + 1}; training stopped, last good "
-                                    f"checkpoint: {last_ckpt}")
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            batch_in_epoch += 1
-            samples_done += global_batch
-            compute += time.perf_counter() - t1
-            if step % t_cfg["log_every"] == 0 or step == max_steps:
-                mean_loss = float(backend.allreduce_mean(lossv.clone()))
-                if backend.is_root:
-                    elapsed = time.perf_counter() - t_start
-                    rec = {"step": step, "epoch": epoch, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                           "samples_per_second": samples_done / elapsed, "data_wait_seconds": wait,
-                           "compute_seconds": compute, "elapsed_seconds": elapsed}
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
-                    print(f"train: step {step}/{min(max_steps, total_steps)} epoch {epoch} loss {mean_loss:.5f} "
-                          f"{rec['samples_per_second']:.1f} samples/s (data wait {wait:.1f} s)",
-                          file=log_stream, flush=True)
-            if step % t_cfg["checkpoint_every"] == 0 or step == max_steps:
-                if backend.is_root:
-                    last_ckpt = save_checkpoint(out, checkpoint_state())
-                backend.barrier()
-            if step >= max_steps:
-                stop = True
-                break
-            t0 = time.perf_counter()
-        if stop and batch_in_epoch < steps_per_epoch:
+    batches = LoaderBatches(task.train_set, sampler, t_cfg["batch_size"], cfg["data"]["num_workers"], device)
+    stop = progress.step >= run.max_steps
+    while not stop and progress.epoch < t_cfg["epochs"]:
+        stop = run_epoch(run, batches, autocast)
+        if stop and progress.batch_in_epoch < sampler.batches_per_epoch:
             break
-        epoch += 1
-        batch_in_epoch = 0
-        if val_set is not None:
-            val_loss = evaluate_loss(unwrap(model), val_set, backend, t_cfg["batch_size"], device, val_loss_fn)
-            if backend.is_root:
-                log.write(json.dumps({"step": step, "epoch": epoch, "val_loss": val_loss}) + "\n")
-                log.flush()
-                print(f"train: epoch {epoch} done, validation loss {val_loss:.5f}", file=log_stream, flush=True)
+        progress.epoch += 1
+        progress.batch_in_epoch = 0
+        validate(run)
     if backend.is_root:
-        last_ckpt = save_checkpoint(out, checkpoint_state())
-        log.close()
+        run.last_ckpt = save_checkpoint(out, run.checkpoint_state())
+        run.log.close()
     backend.barrier()
-    elapsed = time.perf_counter() - t_start
-    summary = {"out": out, "steps": step, "epochs_completed": epoch, "ranks": backend.size,
-               "backend": backend.name, "launcher": backend.world.launcher, "global_batch": global_batch,
-               "samples_per_second": samples_done / elapsed if elapsed > 0 else None,
-               "samples_per_second_per_rank": samples_done / elapsed / backend.size if elapsed > 0 else None,
-               "data_wait_seconds": wait, "compute_seconds": compute, "wall_seconds": elapsed,
-               "checkpoint": last_ckpt}
-    return summary, unwrap(model), backend
+    return _summary(run), unwrap(model), backend

@@ -9,8 +9,6 @@ and every DataLoader worker) opens its own read-only h5py handles on first acces
 and never shared across a fork: a process that finds handles opened by its parent leaves
 them alone and opens its own.
 """
-import glob
-import json
 import math
 import operator
 import os
@@ -19,79 +17,17 @@ from collections import OrderedDict
 import h5py
 import numpy as np
 import torch
-import yaml
 
 from ..errors import InputError
-from ..io import shards as shardio
-from .augment import call_transform, vector_flags
+from ..campaign import store as shardio
+from ..campaign.config import FIELD_NAMES
+from .augment import call_transform, sample_rng, vector_flags
 
-__all__ = ["ShardDataset"]
+__all__ = ["ShardDataset", "EpochItems"]
 
 
 def _fail(msg):
     raise InputError(msg)
-
-
-def _load_yaml(path):
-    try:
-        with open(path) as fh:
-            raw = yaml.safe_load(fh)
-    except OSError as exc:
-        _fail(f"cannot read {path} ({exc.strerror})")
-    except yaml.YAMLError:
-        _fail(f"{path} is not valid YAML")
-    if not isinstance(raw, dict) or not isinstance(raw.get("n_sims"), int) or raw["n_sims"] < 1:
-        _fail(f"{path} is not a campaign configuration (no n_sims)")
-    splits = raw.get("splits") or {}
-    if not isinstance(splits, dict) or not all(isinstance(c, int) and c >= 0 for c in splits.values()):
-        _fail(f"{path}: splits must map split names to counts (got {splits!r})")
-    return raw
-
-
-def _load_json(path):
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except OSError as exc:
-        _fail(f"cannot read {path} ({exc.strerror})")
-    except ValueError:
-        _fail(f"{path} is not valid JSON")
-
-
-def _check_record(rec, where):
-    try:
-        lo, hi = (int(v) for v in rec["indices"])
-        shard = int(rec["shard"])
-    except (KeyError, TypeError, ValueError):
-        _fail(f"{where}: a shard record needs 'shard' and 'indices': [lo, hi) (got {rec!r})")
-    if not 0 <= lo < hi:
-        _fail(f"{where}: shard {shard} has bad indices [{lo}, {hi})")
-    return shard, lo, hi
-
-
-def _read_records(root):
-    """{shard: (lo, hi, file path, where the record came from)} from the manifest and shard records."""
-    records = {}
-    manifest = os.path.join(root, shardio.MANIFEST)
-    if os.path.exists(manifest):
-        doc = _load_json(manifest)
-        if not isinstance(doc, dict) or not isinstance(doc.get("shards"), list):
-            _fail(f"{manifest} is not a campaign manifest (no 'shards' list)")
-        for rec in doc["shards"]:
-            shard, lo, hi = _check_record(rec, manifest)
-            records[shard] = (lo, hi, rec.get("file"), manifest)
-    for path in sorted(glob.glob(os.path.join(root, shardio.SHARD_DIR, "shard_*.json"))):
-        rec = _load_json(path)
-        if not isinstance(rec, dict):
-            _fail(f"{path} is not a shard record")
-        shard, lo, hi = _check_record(rec, path)
-        if shard not in records:
-            records[shard] = (lo, hi, rec.get("file"), path)
-    out = {}
-    for shard, (lo, hi, rel, where) in records.items():
-        path = os.path.join(root, rel) if isinstance(rel, str) and rel else shardio.shard_path(root, shard)
-        out[shard] = (lo, hi, path, where)
-    return out
 
 
 def _decode(b):
@@ -110,10 +46,12 @@ class ShardDataset(torch.utils.data.Dataset):
     transform: called on the tuple as ``transform(tensors, rng)`` when it takes an rng (see
         :func:`cosmonet.data.augment.takes_rng`), else ``transform(tensors)``; its result is
         what ``dataset[i]`` returns.
-    seed: when set, ``rng`` is ``np.random.default_rng([seed, epoch, index])``, so random
-        transforms are reproducible and do not depend on the number of DataLoader workers;
-        call :meth:`set_epoch` to draw new ones each epoch. When None, ``rng`` is None and the
-        transform uses its own generator.
+    seed: when set, the ``rng`` of item ``i`` is ``np.random.default_rng([seed, epoch, i])``
+        (:func:`~cosmonet.data.augment.sample_rng`; ``i`` the position in this dataset), so
+        random transforms are reproducible and do not depend on the number of DataLoader
+        workers; call :meth:`set_epoch` to draw new ones each epoch, or read item ``i`` of
+        any epoch with :meth:`sample` (what :class:`EpochItems` does for training). When
+        None, ``rng`` is None and the transform uses its own generator.
     max_open_files: h5py handles kept open per process.
 
     Raises :class:`~cosmonet.errors.InputError` (one line naming the file) for a directory
@@ -126,13 +64,9 @@ class ShardDataset(torch.utils.data.Dataset):
         root = os.fspath(root)
         self.root = root
         yaml_path = os.path.join(root, shardio.CONFIG_COPY)
-        if not os.path.isdir(root):
-            _fail(f"{root} is not a campaign directory (no such directory)")
-        if not os.path.exists(yaml_path):
-            _fail(f"{root} is not a campaign directory (no {shardio.CONFIG_COPY})")
-        self.config = _load_yaml(yaml_path)
-        n_sims = self.config["n_sims"]
-        splits = self.config.get("splits") or {}
+        self.config = shardio.read_config(root)
+        n_sims = self.config.n_sims
+        splits = self.config.splits
 
         if isinstance(fields, str):
             fields = (fields,)
@@ -163,25 +97,20 @@ class ShardDataset(torch.utils.data.Dataset):
             if split not in splits:
                 known = f"splits: {', '.join(splits)}" if splits else "it defines no splits; use split=None"
                 _fail(f"{yaml_path}: no split {split!r} ({known})")
-            start = 0
-            for name, count in splits.items():
-                if name == split:
-                    sel = list(range(start, start + count))
-                    break
-                start += count
+            sel = shardio.split_indices(self.config, split)
             if not sel:
                 _fail(f"{yaml_path}: split {split!r} selects no simulations (its count is 0)")
             self.split = split
         self.indices = tuple(sel)
 
         # --- where they are
-        records = _read_records(root)
+        records = shardio.read_records(root)
         if not records:
             _fail(f"{root} holds no shards (no {shardio.MANIFEST} and no "
                   f"{shardio.SHARD_DIR}/shard_*.json)")
         spans = sorted((lo, hi, shard) for shard, (lo, hi, _, _) in records.items())
         shard_of = {}
-        shard_size = self.config.get("shard_size")
+        shard_size = self.config.shard_size
         for i in sorted(set(sel)):
             hit = [s for lo, hi, s in spans if lo <= i < hi]
             if not hit:
@@ -333,21 +262,26 @@ class ShardDataset(torch.utils.data.Dataset):
         return torch.from_numpy(np.ascontiguousarray(self._file(path)[name][(k,) + tuple(region)],
                                                      dtype=np.float32))
 
-    def rng(self, i):
-        """The generator passed to the transform for item ``i`` (None without ``seed``)."""
+    def rng(self, i, epoch=None):
+        """The generator passed to the transform for item ``i`` in ``epoch`` (default: the
+        epoch of :meth:`set_epoch`); None without ``seed``."""
         if self.seed is None:
             return None
-        return np.random.default_rng([int(self.seed), int(self.epoch), self._info[self._item(i)]["index"]])
+        return sample_rng(self.seed, self.epoch if epoch is None else epoch, self._item(i))
 
     def set_epoch(self, epoch):
         """Choose the epoch mixed into the per-sample generators (with ``seed``)."""
         self.epoch = int(epoch)
 
-    def __getitem__(self, i):
+    def sample(self, i, epoch=None):
+        """Item ``i`` as transformed in ``epoch`` (default: the epoch of :meth:`set_epoch`)."""
         tensors = self.read(i)
         if self.transform is not None:
-            tensors = call_transform(self.transform, tensors, self.rng(i))
+            tensors = call_transform(self.transform, tensors, self.rng(i, epoch))
         return tensors
+
+    def __getitem__(self, i):
+        return self.sample(i)
 
     def sample_info(self, i):
         """{index, seed, split, shard, Omega_m, Omega_b, h, n_s, sigma8, A_s} of item ``i``
@@ -360,7 +294,25 @@ class ShardDataset(torch.utils.data.Dataset):
                 f"box_size={self.box_size:g}, n={len(self)})")
 
 
+class EpochItems(torch.utils.data.Dataset):
+    """The items a :class:`~cosmonet.train.sampler.ShardedBatchSampler` asks for: item
+    ``epoch * len + i`` is ``dataset.sample(i, epoch)`` followed by ``i``, so the random
+    transforms of an epoch travel in the index (no epoch state to reach DataLoader workers).
+
+    dataset: anything with ``__len__`` and ``sample(i, epoch)`` (ShardDataset, SubcubeDataset).
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        epoch, i = divmod(int(item), len(self.dataset))
+        return tuple(self.dataset.sample(i, epoch)) + (i,)
+
+
 def _present_fields(fh):
     """Field datasets present in an open shard."""
-    from ..config import FIELD_NAMES
     return [name for name in FIELD_NAMES if isinstance(fh.get(name), h5py.Dataset)]

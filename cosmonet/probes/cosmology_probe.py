@@ -21,7 +21,7 @@ import torch
 
 from ..analysis.d3m_eval import evaluate_d3m
 from ..errors import InputError
-from ..io.shards import PARAM_COLUMNS
+from ..campaign.store import PARAM_COLUMNS
 from .planewave import UNITS, say
 
 FIELDS = ("za/disp", "lpt2/disp", "fastpm/disp")

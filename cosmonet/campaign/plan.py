@@ -186,7 +186,7 @@ def cosmology_plan_size(spec):
 
 
 def plan(cfg):
-    """The full plan of a :class:`~cosmonet.config.CampaignConfig`: a list of SimSpec."""
+    """The full plan of a :class:`~cosmonet.campaign.config.CampaignConfig`: a list of SimSpec."""
     spec = cfg.cosmology
     mode = resolve_cosmology_block(spec)
     n = cfg.n_sims

@@ -3,21 +3,21 @@
 Every error is an :class:`~cosmonet.errors.InputError` whose one-line message names the
 field, e.g. ``config: n_sims must be an integer >= 1 (got 'ten')``.
 """
-import copy
+import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
-import yaml
-
-from .errors import InputError
+from ..errors import InputError
+from ..sim.simulation import SimParams
+from ..yamlconfig import apply_overrides, load_yaml
 
 #: dataset names a campaign can store (see docs/data-format.md)
 FIELD_NAMES = ("za/disp", "lpt2/disp", "fastpm/disp", "za/vel", "lpt2/vel", "fastpm/vel", "density")
 COSMOLOGY_MODES = ("list", "grid", "lhs")
 
 
-@dataclass(frozen=True)
-class CampaignConfig:
+@dataclass(frozen=True, kw_only=True)
+class CampaignConfig(SimParams):
     """A simulation campaign (lengths in Mpc/h). See ``configs/*.yaml`` and docs/campaigns.md.
 
     n_sims: number of simulations; nc, box, steps, boost, a_start, a_final: as run-sim;
@@ -25,17 +25,12 @@ class CampaignConfig:
     cosmology: fixed (a string or overrides), or {list: [...]}, {grid: {...}}, {lhs: {...}};
     ranks_per_sim: ranks that run one simulation together; shard_size: simulations per file;
     fields: datasets to store; density_nmesh: mesh of the "density" field (default nc);
-    splits: optional {name: count} assigning consecutive indices to train/val/test...;
+    splits: optional {name: count} or {name: fraction} assigning consecutive indices to
+    train/val/test... (see :func:`resolve_splits`; after validation always counts);
     out: output directory.
     """
 
     n_sims: int
-    nc: int = 32
-    box: float = 128.0
-    steps: int = 10
-    boost: float = 2
-    a_start: float = 0.1
-    a_final: float = 1.0
     seed: int = 0
     cosmology: object = "planck15"
     ranks_per_sim: int = 1
@@ -45,10 +40,23 @@ class CampaignConfig:
     splits: dict = field(default_factory=dict)
     out: str = "out/campaign"
 
+    def sim_fields(self):
+        """The keys shared with :class:`~cosmonet.sim.simulation.SimConfig` (nc, box, steps,
+        boost, a_start, a_final): what every simulation of the campaign has in common."""
+        return {k: getattr(self, k) for k in SIM_KEYS}
+
+    def sim_config(self, seed, cosmology=None):
+        """The :class:`~cosmonet.sim.simulation.SimConfig` of one planned simulation
+        (``cosmology`` None: SimConfig's default, planck15)."""
+        from ..sim.simulation import SimConfig
+        extra = {} if cosmology is None else {"cosmology": cosmology}
+        return SimConfig(seed=seed, **self.sim_fields(), **extra)
+
     def to_dict(self):
+        """Plain dict in the order of the YAML keys (as stored in campaign.yaml)."""
         d = asdict(self)
         d["fields"] = list(self.fields)
-        return d
+        return {k: d[k] for k in _KEYS}
 
     @property
     def n_shards(self):
@@ -69,9 +77,13 @@ class CampaignConfig:
         return ""
 
 
+#: the simulation keys, checked by SimParams (one place for their rules)
+SIM_KEYS = tuple(f.name for f in fields(SimParams))
 _INT_KEYS = ("n_sims", "nc", "steps", "seed", "ranks_per_sim", "shard_size", "density_nmesh")
 _FLOAT_KEYS = ("box", "boost", "a_start", "a_final")
-_KEYS = tuple(CampaignConfig.__dataclass_fields__)
+#: the YAML keys, in the order campaign.yaml stores them
+_KEYS = ("n_sims",) + SIM_KEYS + ("seed", "cosmology", "ranks_per_sim", "shard_size", "fields", "density_nmesh",
+                                  "splits", "out")
 
 
 def _fail(key, msg):
@@ -97,9 +109,48 @@ def _as_float(key, val):
     return float(val)
 
 
+def resolve_splits(splits, n_sims):
+    """The splits as {name: count}, in the order given.
+
+    Counts (integers >= 0) must add up to ``n_sims`` and are kept as they are. Fractions
+    (any value written with a decimal point, e.g. ``{train: 0.75, val: 0.125, test: 0.125}``;
+    numbers in [0, 1] summing to 1) are scaled with ``n_sims`` by the largest-remainder
+    rule: each split gets floor(fraction * n_sims), and the simulations left over go one
+    each to the splits with the largest remainders (ties: the split listed first). A split
+    with a fraction > 0 that would get no simulation is an error, so any ``n_sims``
+    override either works or says which split is empty.
+    """
+    if not isinstance(splits, dict):
+        _fail("splits", f"must be a mapping of split name to count or fraction (got {splits!r})")
+    if not any(isinstance(v, float) for v in splits.values()):
+        for name, count in splits.items():
+            _as_int(f"splits.{name}", count, 0)
+        if splits and sum(splits.values()) != n_sims:
+            _fail("splits", f"counts add up to {sum(splits.values())}, not n_sims = {n_sims}")
+        return dict(splits)
+    for name, frac in splits.items():
+        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 <= frac <= 1:
+            _fail(f"splits.{name}", f"must be a fraction in [0, 1] (got {frac!r})")
+    total = sum(splits.values())
+    if abs(total - 1) > 1e-6:
+        _fail("splits", f"fractions add up to {total:g}, not 1")
+    exact = {name: frac * n_sims for name, frac in splits.items()}
+    counts = {name: int(math.floor(x + 1e-9)) for name, x in exact.items()}
+    left = n_sims - sum(counts.values())
+    names = list(splits)
+    by_remainder = sorted(names, key=lambda k: (-(exact[k] - counts[k]), names.index(k)))
+    for name in by_remainder[:max(left, 0)]:
+        counts[name] += 1
+    for name, frac in splits.items():
+        if frac > 0 and counts[name] == 0:
+            _fail(f"splits.{name}", f"= {frac:g} of n_sims = {n_sims} selects no simulation "
+                                    f"(raise n_sims or the fraction, or give counts)")
+    return counts
+
+
 def _check_cosmology(spec):
     """Validate the cosmology block now (so errors come before any rank starts work)."""
-    from .sim.campaign import cosmology_plan_size, resolve_cosmology_block
+    from .plan import cosmology_plan_size, resolve_cosmology_block
     resolve_cosmology_block(spec)
     return cosmology_plan_size(spec)
 
@@ -120,15 +171,10 @@ def validate(raw):
     for key in _FLOAT_KEYS:
         if key in kw:
             kw[key] = _as_float(key, kw[key])
-    cfg = CampaignConfig(**kw)
-    if cfg.nc < 2:
-        _fail("nc", f"must be an integer >= 2 (got {cfg.nc})")
-    if not cfg.box > 0:
-        _fail("box", f"must be > 0 Mpc/h (got {cfg.box})")
-    if not (cfg.boost >= 1 and float(cfg.boost * cfg.nc).is_integer()):
-        _fail("boost", f"must be >= 1 with boost * nc an integer (got {cfg.boost})")
-    if not 0 < cfg.a_start < cfg.a_final:
-        _fail("a_start", f"must satisfy 0 < a_start < a_final (got a_start={cfg.a_start}, a_final={cfg.a_final})")
+    try:
+        cfg = CampaignConfig(**kw)          # SimParams checks nc, box, steps, boost, a_start, a_final
+    except InputError as exc:
+        raise InputError(f"config: {exc}") from None
     if not isinstance(cfg.fields, (list, tuple)) or not cfg.fields:
         _fail("fields", f"must be a non-empty list of {', '.join(FIELD_NAMES)} (got {cfg.fields!r})")
     for name in cfg.fields:
@@ -138,12 +184,7 @@ def validate(raw):
         _fail("fields", "lists a field twice")
     if cfg.density_nmesh == 1:
         _fail("density_nmesh", "must be >= 2 (or 0 for nc)")
-    if not isinstance(cfg.splits, dict):
-        _fail("splits", f"must be a mapping of split name to count (got {cfg.splits!r})")
-    for name, count in cfg.splits.items():
-        _as_int(f"splits.{name}", count, 0)
-    if cfg.splits and sum(cfg.splits.values()) != cfg.n_sims:
-        _fail("splits", f"counts add up to {sum(cfg.splits.values())}, not n_sims = {cfg.n_sims}")
+    object.__setattr__(cfg, "splits", resolve_splits(cfg.splits, cfg.n_sims))
     if not isinstance(cfg.out, str) or not cfg.out:
         _fail("out", f"must be a directory path (got {cfg.out!r})")
     _check_cosmology(cfg.cosmology)
@@ -153,42 +194,9 @@ def validate(raw):
     return cfg
 
 
-def _parse_override(item):
-    key, sep, text = item.partition("=")
-    if not sep or not key.strip():
-        raise InputError(f"--set {item!r}: expected key=value")
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        raise InputError(f"--set {item!r}: cannot parse the value as YAML") from None
-    return key.strip().split("."), value
-
-
-def apply_overrides(raw, overrides):
-    """Apply ``key=value`` / ``a.b.c=value`` overrides (values parsed as YAML) to a dict copy."""
-    raw = copy.deepcopy(raw)
-    for item in overrides or ():
-        path, value = _parse_override(item)
-        node = raw
-        for part in path[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {} if node.get(part) is None else _fail(".".join(path), "is not a mapping")
-            node = node[part]
-        node[path[-1]] = value
-    return raw
-
-
 def load_config(path, overrides=(), out=None):
     """Read, override and validate a campaign YAML file."""
-    try:
-        with open(path) as fh:
-            raw = yaml.safe_load(fh)
-    except OSError as exc:
-        raise InputError(f"cannot read config {path} ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" at line {line + 1}" if line is not None else ""
-        raise InputError(f"config {path} is not valid YAML{where}") from None
+    raw = load_yaml(path, "config")
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise InputError(f"config {path} must hold a mapping of keys (n_sims, nc, box, ...), "
@@ -207,7 +215,7 @@ def check_output_dir(path):
         raise InputError(f"config: out {path} cannot be created ({exc.strerror})") from None
     if not os.path.isdir(path):
         raise InputError(f"config: out {path} is not a directory")
-    from .io.atomic import check_writable_dir
+    from ..io.atomic import check_writable_dir
     try:
         check_writable_dir(os.path.join(path, "probe"))
     except InputError:

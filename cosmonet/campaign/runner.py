@@ -6,59 +6,18 @@ leader takes the next pending shard whenever its group is free, so simulations o
 cost never leave a group idle while shards remain. A second counter counts finished
 simulations, from which rank 0 prints one progress line for the whole campaign.
 """
-import os
 import sys
 import time
 
 import numpy as np
-import yaml
 from mpi4py import MPI
 
-from .errors import InputError
-from .io import shards as shardio
-from .mesh import clear_mesh_cache
-from .sim.campaign import plan
-from .sim.simulation import SimConfig, density_contrast, gather_fields, run_simulation
-
-
-def config_yaml(cfg):
-    """The configuration as stored in the campaign directory (without ``out``)."""
-    d = cfg.to_dict()
-    d.pop("out")
-    return yaml.safe_dump(d, sort_keys=False)
-
-
-#: keys that may change between runs of one campaign (they do not change its contents)
-RESUMABLE_WITH_OTHER = ("ranks_per_sim",)
-
-
-def prepare_directory(cfg):
-    """Create DIR/shards and DIR/campaign.yaml, or check that DIR holds this campaign.
-
-    Raises InputError (one line) when DIR holds a campaign with another configuration
-    (``ranks_per_sim`` may differ: the plan does not depend on it).
-    """
-    from .config import check_output_dir
-    check_output_dir(cfg.out)
-    os.makedirs(os.path.join(cfg.out, shardio.SHARD_DIR), exist_ok=True)
-    path = os.path.join(cfg.out, shardio.CONFIG_COPY)
-    text = config_yaml(cfg)
-    if os.path.exists(path):
-        with open(path) as fh:
-            old = yaml.safe_load(fh) or {}
-        new = yaml.safe_load(text)
-        if not isinstance(old, dict):
-            raise InputError(f"config: out {cfg.out} holds an unreadable {shardio.CONFIG_COPY}")
-        for key in new:
-            if key not in RESUMABLE_WITH_OTHER and old.get(key) != new[key]:
-                raise InputError(f"config: out {cfg.out} holds a campaign with another {key} "
-                                 f"({old.get(key)!r} there, {new[key]!r} now); use a new out directory")
-    else:
-        from .io.atomic import atomic_path
-        with atomic_path(path) as tmp:
-            with open(tmp, "w") as fh:
-                fh.write(text)
-    shardio.remove_stale_temporaries(cfg.out)
+from ..errors import InputError
+from ..mesh import clear_mesh_cache
+from ..sim.simulation import density_contrast, gather_fields, run_simulation
+from . import store as shardio
+from .plan import plan
+from .store import config_yaml, prepare_directory  # noqa: F401  (the CLI's entry points)
 
 
 class _Counters:
@@ -137,8 +96,7 @@ def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
             for k, index in enumerate(cfg.shard_indices(shard)):
                 spec = specs[index]
                 t0 = time.perf_counter()
-                sim_cfg = SimConfig(nc=cfg.nc, box=cfg.box, steps=cfg.steps, boost=cfg.boost, seed=spec.seed,
-                                    a_start=cfg.a_start, a_final=cfg.a_final, cosmology=spec.cosmology)
+                sim_cfg = cfg.sim_config(spec.seed, spec.cosmology)
                 result = run_simulation(sim_cfg, group, fields=needed)
                 t1 = time.perf_counter()
                 full = gather_fields(result)
@@ -191,49 +149,3 @@ def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
     if show_progress:
         print(f"simulate: {cfg.n_sims}/{cfg.n_sims} done in {wall:.1f} s", file=stream, flush=True)
     return summary
-
-
-def verify_campaign(root):
-    """Check a campaign directory against its records and manifest.
-
-    Returns a report: {"ok", "n_sims", "missing", "corrupt", "unrecorded", "duplicates"}.
-    """
-    from .config import validate
-    path = os.path.join(root, shardio.CONFIG_COPY)
-    if not os.path.exists(path):
-        raise InputError(f"{root} is not a campaign directory (no {shardio.CONFIG_COPY})")
-    try:
-        with open(path) as fh:
-            raw = yaml.safe_load(fh)
-    except (OSError, yaml.YAMLError):
-        raw = None
-    if not isinstance(raw, dict):
-        raise InputError(f"{root}: {shardio.CONFIG_COPY} is not a campaign configuration")
-    raw["out"] = root
-    cfg = validate(raw)
-    missing, corrupt, seen = [], [], {}
-    for s in range(cfg.n_shards):
-        st = shardio.check_shard(root, s, cfg)
-        if st == "missing":
-            missing.append(s)
-        elif st == "corrupt":
-            corrupt.append(s)
-        else:
-            import h5py
-            try:
-                with h5py.File(shardio.shard_path(root, s), "r") as f:
-                    for i in f["params/index"][...]:
-                        seen[int(i)] = seen.get(int(i), 0) + 1
-            except OSError:
-                corrupt.append(s)
-    duplicates = sorted(i for i, c in seen.items() if c > 1)
-    manifest_ok = os.path.exists(os.path.join(root, shardio.MANIFEST))
-    known = {os.path.basename(shardio.shard_path(root, s)) for s in range(cfg.n_shards)}
-    shard_dir = os.path.join(root, shardio.SHARD_DIR)
-    on_disk = {f for f in os.listdir(shard_dir) if f.endswith(".h5")} if os.path.isdir(shard_dir) else set()
-    unrecorded = sorted(on_disk - known)
-    complete = len(seen) == cfg.n_sims
-    ok = not (missing or corrupt or duplicates or unrecorded) and complete and manifest_ok
-    return {"ok": ok, "n_sims": cfg.n_sims, "present": len(seen), "n_shards": cfg.n_shards,
-            "missing": missing, "corrupt": corrupt, "duplicates": duplicates, "unrecorded": unrecorded,
-            "manifest": manifest_ok}

@@ -1,5 +1,9 @@
 """Training configuration (YAML): model, data, train and out sections, validated with
-one-line errors naming the field. ``--set section.key=value`` overrides any value.
+one-line errors naming the field into a frozen :class:`TrainConfig`. ``--set
+section.key=value`` overrides any value (:mod:`cosmonet.yamlconfig`).
+
+A TrainConfig reads like the YAML (``cfg["data"]["root"]``, or ``cfg.data.root``) and
+cannot be changed; :meth:`TrainConfig.to_dict` gives the plain dict a checkpoint stores.
 
 ```yaml
 model: {name: unet, base_channels: 16, depth: 2, norm: batch, residual: true}
@@ -33,22 +37,90 @@ out: runs/d3m_small
 ```
 """
 import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 
-import yaml
-
-from ..config import apply_overrides
 from ..errors import InputError
+from ..yamlconfig import apply_overrides, load_yaml
 
-DEFAULTS = {
-    "model": {"name": "unet"},
-    "data": {"root": None, "input": "za/disp", "target": "fastpm/disp", "train_split": "train",
-             "val_split": "val", "test_split": "test", "scale": 6.0, "augment": True, "num_workers": 1, "subcube": 0,
-             "params": ["Omega_m", "sigma8"]},
-    "train": {"backend": "ddp", "batch_size": 4, "base_batch": 4, "lr": 1e-3, "epochs": 10, "max_steps": 0,
-              "optimizer": "adam", "weight_decay": 0.0, "scheduler": "cosine", "checkpoint_every": 100,
-              "log_every": 10, "seed": 0, "density_weight": 0.0},
-    "out": "runs/train",
-}
+
+class _Section(Mapping):
+    """Read-only mapping view of a frozen dataclass section (``section["key"]``)."""
+
+    def __getitem__(self, key):
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(self.__dataclass_fields__)
+
+    def __len__(self):
+        return len(self.__dataclass_fields__)
+
+
+@dataclass(frozen=True, eq=True)
+class DataConfig(_Section):
+    """The ``data`` section: a campaign directory, the fields in and out, the splits,
+    ``scale`` (Mpc/h, fields are divided by it), augmentation and sub-cubes (parameter inference)."""
+
+    root: str = None
+    input: str = "za/disp"
+    target: str = "fastpm/disp"
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    scale: float = 6.0
+    augment: bool = True
+    num_workers: int = 1
+    subcube: int = 0
+    params: tuple = ("Omega_m", "sigma8")
+
+
+@dataclass(frozen=True, eq=True)
+class TrainSettings(_Section):
+    """The ``train`` section: backend, per-rank batch, learning rate (given for ``base_batch``),
+    epochs / max_steps, optimiser and schedule, checkpoint and log intervals (steps), seed,
+    and the weight of the density term of the loss."""
+
+    backend: str = "ddp"
+    batch_size: int = 4
+    base_batch: int = 4
+    lr: float = 1e-3
+    epochs: int = 10
+    max_steps: int = 0
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"
+    checkpoint_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    density_weight: float = 0.0
+
+
+@dataclass(frozen=True, eq=True)
+class TrainConfig(_Section):
+    """A validated training configuration (see the module docstring for the YAML)."""
+
+    model: Mapping = field(default_factory=lambda: MappingProxyType({"name": "unet"}))
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    out: str = "runs/train"
+
+    def to_dict(self):
+        """Plain nested dict (lists for tuples), as stored in checkpoints."""
+        def plain(section):
+            return {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
+        return {"model": dict(self.model), "data": plain(self.data), "train": plain(self.train), "out": self.out}
+
+
+def _defaults(cls):
+    return {f.name: list(f.default) if isinstance(f.default, tuple) else f.default for f in fields(cls)}
+
+
+DEFAULTS = {"model": {"name": "unet"}, "data": _defaults(DataConfig), "train": _defaults(TrainSettings),
+            "out": TrainConfig.out}
 _TYPES = {
     "data.root": str, "data.input": str, "data.target": str, "data.train_split": str, "data.val_split": str,
     "data.test_split": str, "data.scale": float, "data.augment": bool, "data.num_workers": int,
@@ -91,7 +163,9 @@ def _check(path, value):
 
 
 def validate_train_config(raw):
-    """Fill defaults and check types; returns a plain nested dict."""
+    """Fill defaults and check types; returns a frozen :class:`TrainConfig`."""
+    if isinstance(raw, TrainConfig):
+        raw = raw.to_dict()
     if not isinstance(raw, dict):
         raise InputError("train config: the file must hold a mapping with model, data, train, out")
     unknown = [k for k in raw if k not in DEFAULTS]
@@ -119,17 +193,14 @@ def validate_train_config(raw):
             cfg[section] = _check(path, cfg[section])
     if not isinstance(cfg["model"].get("name"), str):
         raise InputError("train config: model.name is required (e.g. unet)")
-    return cfg
+    d = dict(cfg["data"], params=tuple(cfg["data"]["params"]))
+    return TrainConfig(model=MappingProxyType(dict(cfg["model"])), data=DataConfig(**d),
+                       train=TrainSettings(**cfg["train"]), out=cfg["out"])
 
 
 def load_train_config(path, overrides=()):
-    try:
-        with open(path) as fh:
-            raw = yaml.safe_load(fh)
-    except OSError as exc:
-        raise InputError(f"cannot read train config {path} ({exc.strerror})") from None
-    except yaml.YAMLError:
-        raise InputError(f"train config {path} is not valid YAML") from None
+    """Read, override and validate a training YAML file; a :class:`TrainConfig`."""
+    raw = load_yaml(path, "train config")
     if not isinstance(raw, dict):
         raise InputError(f"train config {path} must hold a mapping with model, data, train, out")
     return validate_train_config(apply_overrides(raw, overrides))

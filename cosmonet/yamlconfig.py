@@ -1,0 +1,57 @@
+"""YAML configuration files: the one loader and the one ``--set key=value`` override parser.
+
+Used by the campaign configuration (:mod:`cosmonet.campaign.config`), the campaign store
+(``campaign.yaml`` of a campaign directory) and the training configuration
+(:mod:`cosmonet.train.trainconfig`). Errors are one-line :class:`~cosmonet.errors.InputError`.
+"""
+import copy
+
+import yaml
+
+from .errors import InputError
+
+
+def load_yaml(path, what=""):
+    """The parsed content of the YAML file ``path`` (any type; None for an empty file).
+
+    what: how messages name the file, e.g. ``"config"`` gives ``cannot read config PATH
+    (No such file or directory)`` and ``config PATH is not valid YAML at line 3``.
+    """
+    label = f"{what} {path}" if what else str(path)
+    try:
+        with open(path) as fh:
+            return yaml.safe_load(fh)
+    except OSError as exc:
+        raise InputError(f"cannot read {label} ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise InputError(f"{label} is not valid YAML{where}") from None
+
+
+def parse_override(item):
+    """``"a.b=value"`` -> (["a", "b"], value parsed as YAML; "" for an empty value)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise InputError(f"--set {item!r}: expected key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        raise InputError(f"--set {item!r}: cannot parse the value as YAML") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw, overrides):
+    """Apply ``key=value`` / ``a.b.c=value`` overrides (values parsed as YAML) to a dict copy."""
+    raw = copy.deepcopy(raw)
+    for item in overrides or ():
+        path, value = parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            elif not isinstance(node[part], dict):
+                raise InputError(f"config: {'.'.join(path)} is not a mapping")
+            node = node[part]
+        node[path[-1]] = value
+    return raw
