@@ -12,7 +12,7 @@ import torch
 
 class Stencil:
     """The 8 CIC corners (flat indices into a box's N^3 cells) and weights of every
-    particle of ``pos`` (B, 3, n) on an ``Nmesh^3`` mesh of side ``boxsize``.
+    particle of ``pos`` (B, 3, n), wrapped into [0, boxsize), on an ``Nmesh^3`` mesh.
 
     Build once per particle configuration; :func:`paint` and :func:`readout` then reuse it.
     """
@@ -24,8 +24,10 @@ class Stencil:
         f = pos * (N / float(boxsize))
         lower = torch.floor(f)
         d = f - lower
-        i0 = torch.remainder(lower.to(torch.int64), N)
-        i1 = torch.remainder(i0 + 1, N)
+        # pos in [0, L): the lower cell is N only by rounding of x N / L, and then d ~ 0
+        i0 = torch.where(lower >= N, lower - N, lower).to(torch.int64)
+        i1 = i0 + 1
+        i1.masked_fill_(i1 == N, 0)
         # partial index and weight along x and y: (2, 2) lists of (B, n) tensors
         ix = [i0[:, 0] * N * N, i1[:, 0] * N * N]
         iy = [i0[:, 1] * N, i1[:, 1] * N]

@@ -95,7 +95,9 @@ def run_batch(config, seeds=None, *, linear_fields=None, cosmologies=None, devic
             seeds = [int(s) for s in seeds]
             if any(not 0 <= s < 2 ** 63 for s in seeds):
                 raise InputError("seeds must be non-negative integers < 2^63")
-            delta_k = linear_density_k(mesh, white_noise_batch(nc, box, seeds, noise_workers), cosmos)
+            with device_timer(timers, "noise", "cpu"):
+                noise = white_noise_batch(nc, box, seeds, noise_workers)
+            delta_k = linear_density_k(mesh, noise, cosmos)
         else:
             delta_k = linear_field_k(mesh, linear_fields)
         psi1 = za_displacement(mesh, delta_k).reshape(B, 3, -1)
