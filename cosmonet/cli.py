@@ -73,6 +73,8 @@ def cmd_run_sim(args):
     cosmo = Cosmology.from_string(args.cosmology)
     cfg = SimConfig(nc=args.nc, box=args.box, steps=args.steps, boost=args.boost, seed=args.seed,
                     a_start=args.a_start, a_final=args.a_final, cosmology=cosmo)
+    if args.engine == "mpi" and args.device != "cpu":
+        raise InputError(f"--device {args.device} needs --engine torch (the MPI engine runs on CPUs)")
     _collective_check(comm, lambda: check_writable_dir(args.out))
     if args.linear_field is not None:
         from .sim.linear import open_linear_field

@@ -17,7 +17,7 @@ from mpi4py import MPI
 
 from mpi_util import cosmonet_exe, mpi_env
 from cosmonet.analysis.power import binned_power, density_k
-from cosmonet.cli import _run_sim_torch
+from cosmonet.cli import _run_sim_torch, main
 from cosmonet.errors import InputError
 from cosmonet.io.simfile import write_simulation
 from cosmonet.sim.simulation import SimConfig, density_contrast, lagrangian_positions, run_simulation
@@ -117,6 +117,9 @@ def test_linear_field_equals_mpi_engine(tmp_path):
     for kind in KINDS:
         rms = np.sqrt(np.mean(_wrap(out[f"{kind}/disp"][0] - ref[f"{kind}/disp"], cfg.box) ** 2))
         assert rms < 1e-4, (kind, rms)
+    as_tensor = run_batch(cfg, linear_fields=torch.from_numpy(delta[None]), fields=["za/disp"], as_numpy=False)
+    assert list(as_tensor) == ["za/disp"] and as_tensor["za/disp"].dtype == torch.float32
+    np.testing.assert_array_equal(as_tensor["za/disp"].numpy(), out["za/disp"])
 
 
 def test_cic_adjoint_and_mass():
@@ -173,14 +176,20 @@ def test_cli_torch_engine_writes_the_mpi_file(tmp_path):
             assert np.sqrt(np.mean(d ** 2)) < 1e-4, name
 
 
-def test_cli_torch_engine_refuses_cuda_without_cuda_and_many_ranks():
-    """One-line InputErrors (the CLI prints them as ``cosmonet: error: ...``, exit 2)."""
-    args = SimpleNamespace(device="cpu", linear_field=None)
-    cfg = SimConfig(nc=4, box=128.0, steps=1)
-    with pytest.raises(InputError, match="runs whole boxes on one rank .got 2 ranks"):
-        _run_sim_torch(cfg, SimpleNamespace(size=2, rank=0), args)
+def test_cli_torch_engine_refuses_cuda_without_cuda_and_many_ranks(tmp_path, capsys):
+    """One-line errors (``cosmonet: error: ...``, exit 2, no file): CUDA asked for but absent,
+    --device with the MPI engine, and the torch engine on more than one rank."""
+    base = ["run-sim", "--nc", "4", "--steps", "1", "--quiet", "--out", str(tmp_path / "x.h5")]
+    cases = [(["--engine", "mpi", "--device", "cuda:0"], "--device cuda:0 needs --engine torch")]
     if not torch.cuda.is_available():
-        with pytest.raises(InputError, match="'cuda' requested but CUDA is not available"):
-            _run_sim_torch(cfg, COMM, SimpleNamespace(device="cuda", linear_field=None))
+        cases.append((["--engine", "torch", "--device", "cuda"], "'cuda' requested but CUDA is not available"))
+    for extra, needle in cases:
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("cosmonet: error: ") and needle in err[0], err
+        assert not (tmp_path / "x.h5").exists()
+    with pytest.raises(InputError, match="runs whole boxes on one rank .got 2 ranks"):
+        _run_sim_torch(SimConfig(nc=4, steps=1), SimpleNamespace(size=2, rank=0),
+                       SimpleNamespace(device="cpu", linear_field=None))
     with pytest.raises(InputError, match="only cpu and cuda"):
         resolve_device("meta")

@@ -57,13 +57,11 @@ def _minimum_image(disp, box):
     return torch.remainder(disp + 0.5 * box, box) - 0.5 * box
 
 
-def _host(t):
-    return t.to(dtype=torch.float32).cpu().numpy()
-
-
 def run_batch(config, seeds=None, *, linear_fields=None, cosmologies=None, device="cpu", fields=None,
-              density_nmesh=None, lpt_dtype=torch.float64, gradient="fd4", noise_workers=1, timers=None):
-    """Run ZA, 2LPT and FastPM for a batch of boxes; returns {field: (B, ...) float32 numpy}.
+              density_nmesh=None, lpt_dtype=torch.float64, gradient="fd4", noise_workers=1, timers=None,
+              as_numpy=True):
+    """Run ZA, 2LPT and FastPM for a batch of boxes; returns {field: (B, ...) float32 numpy}
+    (float32 tensors on the device with ``as_numpy=False``).
 
     ``config``: a :class:`~cosmonet.sim.simulation.SimConfig` (nc, box, steps, boost,
     a_start, a_final, cosmology; its ``seed`` is not used). Exactly one of ``seeds`` (B
@@ -75,6 +73,11 @@ def run_batch(config, seeds=None, *, linear_fields=None, cosmologies=None, devic
     (synchronising the device around each timed block; None times nothing).
     """
     dev = resolve_device(device)
+
+    def _host(t):
+        t = t.to(dtype=torch.float32)
+        return t.cpu().numpy() if as_numpy else t
+
     if (seeds is None) == (linear_fields is None):
         raise InputError("give exactly one of seeds and linear_fields")
     B = len(seeds) if seeds is not None else len(linear_fields)
