@@ -13,7 +13,9 @@ size B:
 3. one batch with timers (synchronising the device around every timed block), giving the
    split: ``fft`` (every batched rfftn / irfftn, LPT and PM), ``paint``, ``readout``,
    ``noise`` (the host white noise), ``lpt`` and ``fastpm`` (inclusive), and
-   ``fft_share = fft / wall`` of that run.
+   ``fft_share = fft / wall`` of that run;
+4. (``--mpi-reference R``) R simulations of the MPI engine on one rank in the same
+   process, for scale.
 
 Usage::
 
@@ -68,6 +70,21 @@ def bench_batch(cfg, device, B, repeats, seed0, noise_workers):
                           "fft_calls": timers.counts.get("fft", 0)}}
 
 
+def mpi_reference(cfg, repeats):
+    """Median seconds per simulation of the MPI engine on one rank (same process, same
+    threads), after one warm-up: the reference for the CPU numbers."""
+    from mpi4py import MPI
+    from cosmonet.sim.simulation import SimConfig, run_simulation
+    walls = []
+    for r in range(repeats + 1):
+        c = SimConfig(nc=cfg.nc, box=cfg.box, steps=cfg.steps, boost=cfg.boost, seed=r)
+        t0 = time.perf_counter()
+        run_simulation(c, MPI.COMM_SELF)
+        walls.append(time.perf_counter() - t0)
+    return {"repeats": repeats, "s_per_sim_median": statistics.median(walls[1:]), "s_per_sim_min": min(walls[1:]),
+            "sims_per_s": 1.0 / statistics.median(walls[1:])}
+
+
 def main():
     import torch
     from cosmonet.sim.simulation import SimConfig
@@ -78,6 +95,8 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--noise-workers", type=int, default=1, help="host threads drawing white noise")
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--mpi-reference", type=int, default=3, metavar="R",
+                    help="also time R simulations of the MPI engine on one rank (0: skip)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,6 +126,9 @@ def main():
                 f"fft share {rows[-1]['timed_run']['fft_share']:.2f}")
         best = max(rows, key=lambda r: r["sims_per_s"])
         result["devices"][name] = {"batches": rows, "best_sims_per_s": best["sims_per_s"], "best_batch": best["batch"]}
+    if args.mpi_reference:
+        log("MPI engine reference")
+        result["mpi_engine_one_rank"] = mpi_reference(cfg, args.mpi_reference)
     result["machine"]["load_average_end"] = list(os.getloadavg())
     print(json.dumps(sig(result), indent=1))
 

@@ -122,6 +122,16 @@ def test_linear_field_equals_mpi_engine(tmp_path):
     np.testing.assert_array_equal(as_tensor["za/disp"].numpy(), out["za/disp"])
 
 
+def test_white_noise_is_the_mpi_engines_in_worker_processes_too():
+    from cosmonet.mesh import get_mesh
+    from cosmonet.sim.whitenoise import white_noise
+    from cosmonet.torchpm.noise import white_noise_batch
+    pm = get_mesh(8, 128.0, COMM, dtype=np.float64)
+    ref = np.stack([white_noise(pm, s) for s in (1, 2, 3)])
+    np.testing.assert_array_equal(white_noise_batch(8, [1, 2, 3]), ref)
+    np.testing.assert_array_equal(white_noise_batch(8, [1, 2, 3], workers=2), ref)
+
+
 def test_cic_adjoint_and_mass():
     """<paint(m), f> = <m, readout(f)> for random m, f, and paint conserves mass, with
     particles on cell faces, the box edge and everywhere else, at a batch of 2."""

@@ -1,13 +1,10 @@
 """The linear density field delta_lin(k) at a = 1 for a batch of boxes.
 
-The white noise is the MPI engine's own: :func:`cosmonet.sim.whitenoise.white_noise` on a
-one-rank :class:`~cosmonet.mesh.ParticleMesh` (bit for bit the field any number of ranks
-draws for that seed), drawn on the host and moved to the device; the amplitude is
-:func:`cosmonet.sim.linear.power_on_mesh` of the same one-rank mesh. Normalisation as
+The white noise is the MPI engine's own (:mod:`cosmonet.torchpm.noise`), drawn on the host
+and moved to the device; the amplitude is :func:`cosmonet.sim.linear.power_on_mesh` of a
+one-rank :class:`~cosmonet.mesh.ParticleMesh` of the particle grid. Normalisation as
 :func:`cosmonet.sim.linear.linear_density_k`: ``<|delta_k|^2> = P_lin(k) / V``.
 """
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import torch
 from mpi4py import MPI
@@ -15,30 +12,11 @@ from mpi4py import MPI
 from ..errors import InputError
 from ..mesh import get_mesh
 from ..sim.linear import power_on_mesh
-from ..sim.whitenoise import white_noise
 
 
 def host_mesh(nc, box):
     """The cached one-rank float64 :class:`~cosmonet.mesh.ParticleMesh` of the particle grid."""
     return get_mesh(nc, box, MPI.COMM_SELF, dtype=np.float64)
-
-
-def white_noise_batch(nc, box, seeds, workers=1):
-    """Unit white noise of every seed, (B, nc, nc, nc) float64 numpy, the MPI engine's
-    field for that seed. ``workers`` > 1 draws seeds on threads (numpy releases the GIL)."""
-    pm = host_mesh(nc, box)
-    out = np.empty((len(seeds), nc, nc, nc), dtype=np.float64)
-
-    def one(i):
-        out[i] = white_noise(pm, int(seeds[i]))
-
-    if workers > 1 and len(seeds) > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(one, range(len(seeds))))
-    else:
-        for i in range(len(seeds)):
-            one(i)
-    return out
 
 
 def amplitude(mesh, cosmologies):

@@ -19,10 +19,11 @@ from ..growth import growth_for
 from ..sim.simulation import VELOCITY_UNIT_KMS
 from . import cic
 from .gravity import BatchGravity
-from .linear import linear_density_k, linear_field_k, white_noise_batch
+from .linear import linear_density_k, linear_field_k
 from .lpt import lpt2_displacement, za_displacement
 from .mesh import BatchMesh
 from .nbody import BatchState, run_fastpm
+from .noise import white_noise_batch
 from .timing import device_timer
 
 FIELDS = ("za/disp", "za/vel", "lpt2/disp", "lpt2/vel", "fastpm/disp", "fastpm/vel")
@@ -68,7 +69,8 @@ def run_batch(config, seeds=None, *, linear_fields=None, cosmologies=None, devic
     white-noise seeds, each box the MPI engine's box of that seed) and ``linear_fields``
     ((B, nc, nc, nc) real-space delta_lin at a = 1). ``cosmologies``: one per box instead of
     ``config.cosmology``. ``fields``: names of :data:`FIELDS` to return (default all);
-    ``density_nmesh``: also return ``density`` on that mesh. ``timers``: a
+    ``density_nmesh``: also return ``density`` on that mesh. ``noise_workers``: processes
+    drawing the white noise (:mod:`cosmonet.torchpm.noise`). ``timers``: a
     :class:`cosmonet.timing.Timers` that collects lpt / fft / paint / readout / fastpm time
     (synchronising the device around each timed block; None times nothing).
     """
@@ -99,7 +101,7 @@ def run_batch(config, seeds=None, *, linear_fields=None, cosmologies=None, devic
             if any(not 0 <= s < 2 ** 63 for s in seeds):
                 raise InputError("seeds must be non-negative integers < 2^63")
             with device_timer(timers, "noise", "cpu"):
-                noise = white_noise_batch(nc, box, seeds, noise_workers)
+                noise = white_noise_batch(nc, seeds, noise_workers)
             delta_k = linear_density_k(mesh, noise, cosmos)
         else:
             delta_k = linear_field_k(mesh, linear_fields)
