@@ -43,7 +43,7 @@ def linear_density_k(mesh, noise, cosmologies):
 def linear_field_k(mesh, delta):
     """delta_lin(k) from user real-space fields (B, N, N, N) at a = 1 (as
     :func:`cosmonet.sim.linear.load_linear_field`)."""
-    delta = torch.as_tensor(np.asarray(delta) if not torch.is_tensor(delta) else delta)
+    delta = delta if torch.is_tensor(delta) else torch.from_numpy(np.array(delta))   # a copy: memmaps are read-only
     N = mesh.Nmesh
     if delta.ndim != 4 or tuple(delta.shape[1:]) != (N, N, N):
         raise InputError(f"linear fields must have shape (B, {N}, {N}, {N}) (got {tuple(delta.shape)})")
