@@ -34,16 +34,16 @@ def kdk_coefficients(cosmologies, a_start, a_end, steps):
     a = time_steps(a_start, a_end, steps)
     a0, a1 = a[:-1], a[1:]
     ah = 0.5 * (a0 + a1)
-    first, drift, closing = [], [], []
-    for cosmo in cosmologies:
+    per = {}   # once per distinct cosmology (a batch usually has one)
+    for cosmo in dict.fromkeys(cosmologies):
         g = growth_for(cosmo)
         c = 1.5 * cosmo.Omega_m
         fk = np.asarray(g.kick_factor(a0, a0, ah))
         sk = np.asarray(g.kick_factor(ah, a1, a1))
-        first.append(c * fk[0])
-        drift.append(np.asarray(g.drift_factor(a0, ah, a1)))
-        closing.append(c * (sk + np.append(fk[1:], 0.0)))
-    return np.array(first), np.stack(drift, axis=1), np.stack(closing, axis=1)
+        per[cosmo] = (c * fk[0], np.asarray(g.drift_factor(a0, ah, a1)), c * (sk + np.append(fk[1:], 0.0)))
+    rows = [per[c] for c in cosmologies]
+    return (np.array([r[0] for r in rows]), np.stack([r[1] for r in rows], axis=1),
+            np.stack([r[2] for r in rows], axis=1))
 
 
 def run_fastpm(state, gravity, q, cosmologies, a_end, steps):

@@ -91,7 +91,6 @@ def run_batch(config, seeds=None, *, linear_fields=None, cosmologies=None, devic
         raise InputError(f"unknown fields {unknown} (choose from {', '.join(FIELDS)})")
     cosmos = _cosmologies(config, cosmologies, B)
     nc, box = config.nc, float(config.box)
-    growth = [growth_for(c) for c in cosmos]
     a0, af = config.a_start, config.a_final
     out = {}
     with device_timer(timers, "lpt", dev):
@@ -109,18 +108,18 @@ def run_batch(config, seeds=None, *, linear_fields=None, cosmologies=None, devic
         psi2 = lpt2_displacement(mesh, delta_k).reshape(B, 3, -1)
         del delta_k
 
-        def col(values):
-            return torch.as_tensor(np.asarray(values, dtype=np.float64).reshape(B, 1, 1), device=dev).to(lpt_dtype)
+        def col(scalar):
+            """(B, 1, 1) tensor of scalar(cosmology, growth), evaluated once per distinct cosmology."""
+            per = {c: scalar(c, growth_for(c)) for c in dict.fromkeys(cosmos)}
+            return torch.as_tensor(np.array([per[c] for c in cosmos]).reshape(B, 1, 1), device=dev).to(lpt_dtype)
 
         def lpt(a, second, velocity):
+            """x - q (or the momentum p, as sim.lpt) at a: D1 psi_1 + D2 psi_2."""
             if velocity:
-                c1 = [g.D1(a) * g.f1(a) * a ** 2 * c.E(a) for g, c in zip(growth, cosmos)]
-                c2 = [g.D2(a) * g.f2(a) * a ** 2 * c.E(a) for g, c in zip(growth, cosmos)]
-            else:
-                c1 = [g.D1(a) for g in growth]
-                c2 = [g.D2(a) for g in growth]
-            x = col(c1) * psi1
-            return x + col(c2) * psi2 if second else x
+                x = col(lambda c, g: g.D1(a) * g.f1(a) * a ** 2 * c.E(a)) * psi1
+                return x + col(lambda c, g: g.D2(a) * g.f2(a) * a ** 2 * c.E(a)) * psi2 if second else x
+            x = col(lambda c, g: g.D1(a)) * psi1
+            return x + col(lambda c, g: g.D2(a)) * psi2 if second else x
 
         shape = (B, 3) + (nc,) * 3
         for name, second in (("za", False), ("lpt2", True)):
