@@ -57,6 +57,9 @@ def _add_run_sim(sub):
                    help="real-space delta_lin at a = 1 on the nc^3 grid (.npy) instead of the seed")
     p.add_argument("--out", required=True, help="output HDF5 file")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--engine", choices=("mpi", "torch"), default="mpi",
+                   help="mpi: the MPI/FFTW engine (default); torch: the batched torch engine, one rank")
+    p.add_argument("--device", default="cpu", help="torch device for --engine torch: cpu (default), cuda, cuda:N")
     p.set_defaults(func=cmd_run_sim)
 
 
@@ -88,6 +91,8 @@ def cmd_run_sim(args):
     cosmo = Cosmology.from_string(args.cosmology)
     cfg = SimConfig(nc=args.nc, box=args.box, steps=args.steps, boost=args.boost, seed=args.seed,
                     a_start=args.a_start, a_final=args.a_final, cosmology=cosmo)
+    if args.engine == "mpi" and args.device != "cpu":
+        raise InputError(f"--device {args.device} needs --engine torch (the MPI engine runs on CPUs)")
     _collective_check(comm, lambda: check_writable_dir(args.out))
     linear_field = None
     if args.linear_field is not None:
@@ -100,9 +105,12 @@ def cmd_run_sim(args):
             _say(comm, f"run-sim: step {step}/{cfg.steps}  a = {a:.4f}  "
                        f"({time.perf_counter() - t0:.1f} s)")
 
-    result = run_simulation(cfg, comm, linear_field=linear_field, progress=progress)
+    if args.engine == "torch":
+        result = _run_sim_torch(cfg, comm, args, linear_field)
+    else:
+        result = run_simulation(cfg, comm, linear_field=linear_field, progress=progress)
     extra = {"linear_field": os.path.abspath(args.linear_field) if args.linear_field else "",
-             "n_ranks": comm.size}
+             "n_ranks": comm.size, "engine": args.engine}
     write_simulation(args.out, result, extra_attrs=extra)
     wall = time.perf_counter() - t0
     if comm.rank == 0:
@@ -111,6 +119,29 @@ def cmd_run_sim(args):
                           "timers": {k: round(v["seconds"], 4)
                                      for k, v in result.timers.as_dict().items()}}))
     return 0
+
+
+def _run_sim_torch(cfg, comm, args, linear_field=None):
+    """run-sim with the batched torch engine (a batch of one box): a SimResult on a
+    one-rank mesh that the HDF5 writer takes as from the MPI engine."""
+    if comm.size > 1:
+        raise InputError(f"run-sim --engine torch runs whole boxes on one rank (got {comm.size} ranks); "
+                         "run it without mpirun/srun")
+    import numpy as np
+
+    from .sim.simulation import SimResult
+    from .timing import Timers
+    from .torchpm.batch_linear import host_mesh
+    from .torchpm.simulate import resolve_device, run_batch
+    device = resolve_device(args.device)
+    timers = Timers()
+    if linear_field is not None:
+        field = np.asarray(linear_field, dtype=np.float64)
+        fields = run_batch(cfg, linear_fields=field[None], device=device, timers=timers)
+    else:
+        fields = run_batch(cfg, [cfg.seed], device=device, timers=timers)
+    pm = host_mesh(cfg.nc, cfg.box)
+    return SimResult(fields={k: v[0] for k, v in fields.items()}, pm=pm, config=cfg, timers=timers)
 
 
 # --------------------------------------------------------------------------- power
