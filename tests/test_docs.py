@@ -93,9 +93,9 @@ def cosmonet_args(w):
 
 def load_config(kind, path, overrides, out=None):
     if kind == "campaign":
-        from cosmonet.config import load_config as load
+        from cosmonet.campaign.config import load_config as load
         return load(path, overrides, out=out)
-    from cosmonet.train.config import load_train_config
+    from cosmonet.train.trainconfig import load_train_config
     return load_train_config(path, overrides)
 
 
