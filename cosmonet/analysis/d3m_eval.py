@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from ..io.atomic import atomic_path
 from ..io.simfile import lagrangian_grid
 from ..mesh import ParticleMesh
 from .power import binned_power, density_k, vector_power
 
 METHODS = ("model", "lpt2", "za")
+METHOD_LABELS = {"model": "U-Net", "lpt2": "2LPT", "za": "ZA"}
 
 
 class PowerAccumulator:
@@ -97,6 +97,8 @@ def plot_report(report, slices, out_dir):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .plots import save_png
+
     os.makedirs(out_dir, exist_ok=True)
     nc = report["nc"]
     s = nc // 2
@@ -104,37 +106,35 @@ def plot_report(report, slices, out_dir):
               ("U-Net", slices["model"], False), ("FastPM minus 2LPT", slices["true"] - slices["lpt2"], True),
               ("FastPM minus U-Net", slices["true"] - slices["model"], True)]
     vmax = np.percentile(np.abs(slices["true"][s]), 99)
-    fig, axes = plt.subplots(1, 5, figsize=(17, 3.9))
+    cell = report["box_size"] / nc
+    fig, axes = plt.subplots(1, 5, figsize=(17, 4.1))
     for ax, (title, field, residual) in zip(axes, panels):
         im = ax.imshow(field[s], origin="lower", cmap="RdBu_r" if residual else "magma",
                        vmin=-vmax if residual else -1, vmax=vmax,
                        extent=[0, report["box_size"], 0, report["box_size"]])
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("Mpc/h")
+        ax.set_xlabel("y [Mpc/h]")
+        ax.set_ylabel("z [Mpc/h]")
         fig.colorbar(im, ax=ax, shrink=0.75, label=r"$\delta$" if not residual else r"$\Delta\delta$")
-    path = os.path.join(out_dir, "density_slices.png")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    fig.suptitle(f"CIC density contrast of the first test box, one cell thick: x = {s * cell:g} to "
+                 f"{(s + 1) * cell:g} Mpc/h ({cell:g} Mpc/h of {report['box_size']:g})", fontsize=10)
+    path = save_png(fig, os.path.join(out_dir, "density_slices.png"), dpi=90)
 
     k = np.asarray(report["k"])
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
     for col, name in enumerate(("density", "displacement")):
         sec = report[name]
         for m, style in (("model", "o-"), ("lpt2", "s--"), ("za", "^:")):
-            axes[0, col].semilogx(k, sec[f"T_{m}"], style, ms=3, label=m)
-            axes[1, col].loglog(k, np.maximum(1 - np.asarray(sec[f"r_{m}"]) ** 2, 1e-6), style, ms=3, label=m)
+            axes[0, col].semilogx(k, sec[f"T_{m}"], style, ms=3, label=f"{METHOD_LABELS[m]} / FastPM")
+            axes[1, col].loglog(k, np.maximum(1 - np.asarray(sec[f"r_{m}"]) ** 2, 1e-6), style, ms=3,
+                                  label=f"{METHOD_LABELS[m]} x FastPM")
         axes[0, col].axhline(1, color="gray", lw=0.8)
         axes[0, col].set_title(name)
-        axes[0, col].set_ylabel(r"$T(k) = P_x / P_{\rm true}$")
+        axes[0, col].set_ylabel(r"$T(k) = P_x / P_{\rm FastPM}$")
         axes[1, col].set_ylabel(r"$1 - r(k)^2$")
         axes[1, col].set_xlabel(r"$k$ [$h$/Mpc]")
         axes[0, col].legend(fontsize=8)
     fig.suptitle("D3M evaluation: displacement error " + ", ".join(
         f"{m} {100 * v:.1f}%" for m, v in report["displacement_error"].items()), fontsize=10)
-    fig.tight_layout()
-    path2 = os.path.join(out_dir, "transfer.png")
-    with atomic_path(path2) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    path2 = save_png(fig, os.path.join(out_dir, "transfer.png"), dpi=100)
     return [path, path2]

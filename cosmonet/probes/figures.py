@@ -5,19 +5,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..io.atomic import atomic_path  # noqa: E402
+from ..analysis.plots import save_png  # noqa: E402
 
 DPI = 90
 
 
 def _save(fig, path):
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=DPI)
 
 
 def _pos(p):
@@ -152,15 +149,17 @@ def plot_cosmology(report, out_dir):
             ax = axes[col]
             for i, c in enumerate(cos):
                 color = f"C{i % 10}"
-                ax.semilogx(c["k"], c[field][f"{q}_model"], ":", color=color, lw=1.8, label=c["label"])
+                ax.semilogx(c["k"], c[field][f"{q}_model"], "-", color=color, lw=1.8, label=c["label"])
                 ax.semilogx(c["k"], c[field][f"{q}_lpt2"], "--", color=color, lw=1.0)
             ax.axhline(1, color="gray", lw=0.8)
             ax.set_xlabel(r"$k$ [$h\,\mathrm{Mpc}^{-1}$]")
             ax.set_ylabel(ylabel)
-            ax.set_title(f"{field} (dotted: model, dashed: 2LPT)", fontsize=9)
+            ax.set_title(field, fontsize=9)
             if q == "r":
                 lo = min(min(c[field]["r_lpt2"] + c[field]["r_model"]) for c in cos)
                 ax.set_ylim(max(lo - 0.02, 0.0), 1.01)
-        axes[0].legend(fontsize=7)
+        handles, labels = axes[0].get_legend_handles_labels()
+        styles = [Line2D([], [], color="k", ls="-", lw=1.8), Line2D([], [], color="k", ls="--", lw=1.0)]
+        axes[0].legend(handles + styles, labels + ["model (solid)", "2LPT (dashed)"], fontsize=7)
         paths.append(_save(fig, os.path.join(out_dir, fname)))
     return paths
