@@ -129,6 +129,8 @@ def validate(raw):
         _fail("boost", f"must be >= 1 with boost * nc an integer (got {cfg.boost})")
     if not 0 < cfg.a_start < cfg.a_final:
         _fail("a_start", f"must satisfy 0 < a_start < a_final (got a_start={cfg.a_start}, a_final={cfg.a_final})")
+    if not cfg.a_final <= 4:
+        _fail("a_final", f"must be <= 4 (got {cfg.a_final})")
     if not isinstance(cfg.fields, (list, tuple)) or not cfg.fields:
         _fail("fields", f"must be a non-empty list of {', '.join(FIELD_NAMES)} (got {cfg.fields!r})")
     for name in cfg.fields:
@@ -181,10 +183,12 @@ def apply_overrides(raw, overrides):
 def load_config(path, overrides=(), out=None):
     """Read, override and validate a campaign YAML file."""
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             raw = yaml.safe_load(fh)
     except OSError as exc:
         raise InputError(f"cannot read config {path} ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"config {path} is not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""

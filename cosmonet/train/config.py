@@ -85,8 +85,10 @@ def _check(path, value):
         raise InputError(f"train config: {path} must be > 0 (got {value})")
     if path == "data.params" and not (value and all(isinstance(p, str) for p in value)):
         raise InputError(f"train config: data.params must be a non-empty list of parameter names (got {value!r})")
-    if path == "train.density_weight" and not value >= 0:
+    if path in ("train.density_weight", "train.weight_decay") and not value >= 0:
         raise InputError(f"train config: {path} must be >= 0 (got {value})")
+    if want is float and value in (float("inf"), float("-inf")):
+        raise InputError(f"train config: {path} must be finite (got {value})")
     return value
 
 
@@ -124,10 +126,12 @@ def validate_train_config(raw):
 
 def load_train_config(path, overrides=()):
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             raw = yaml.safe_load(fh)
     except OSError as exc:
         raise InputError(f"cannot read train config {path} ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"train config {path} is not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError:
         raise InputError(f"train config {path} is not valid YAML") from None
     if not isinstance(raw, dict):
