@@ -296,6 +296,14 @@ def _campaign_resources(cfg, comm):
     from .io import shards as shardio
     from .resources import BASE, campaign_disk_bytes, check_disk, check_node_memory, gather_bytes, simulation_bytes
 
+    rps = cfg.ranks_per_sim
+    leader = comm.rank % rps == 0
+    force = int(round(cfg.boost * cfg.nc))
+    per_rank = BASE + simulation_bytes(cfg.nc, force) // rps + (gather_bytes(cfg.nc, cfg.density_nmesh)
+                                                                if leader else 0)
+    check_node_memory(comm, per_rank, 0, f"simulate: nc {cfg.nc} (force mesh {force}^3, {rps} rank(s) "
+                                         f"per simulation)")
+
     def disk():
         done = 0
         if os.path.isdir(os.path.join(cfg.out, shardio.SHARD_DIR)):
@@ -305,13 +313,6 @@ def _campaign_resources(cfg, comm):
         check_disk(campaign_disk_bytes(cfg, left), cfg.out,
                    f"simulate: {left} simulations of {cfg.nc}^3 ({', '.join(cfg.fields)})")
     _collective_check(comm, disk)
-    rps = cfg.ranks_per_sim
-    leader = comm.rank % rps == 0
-    force = int(round(cfg.boost * cfg.nc))
-    per_rank = BASE + simulation_bytes(cfg.nc, force) // rps + (gather_bytes(cfg.nc, cfg.density_nmesh)
-                                                                if leader else 0)
-    check_node_memory(comm, per_rank, 0, f"simulate: nc {cfg.nc} (force mesh {force}^3, {rps} rank(s) "
-                                         f"per simulation)")
 
 
 def _campaign_has_shards(path):
@@ -390,7 +391,6 @@ def _has_checkpoints(path):
 def cmd_train(args):
     from .io.guard import remove_on_failure
     from .train.config import load_train_config
-    from .train.loop import TrainingError, train
 
     cfg = load_train_config(args.config, args.overrides)
     out = cfg["out"]
@@ -402,6 +402,7 @@ def cmd_train(args):
         raise InputError(f"train config: out {out} cannot be created ({_existing_dir(parent)} is not writable)")
     if not os.path.isdir(cfg["data"]["root"]):
         raise InputError(f"train config: data.root {cfg['data']['root']} is not a directory")
+    from .train.loop import TrainingError, train
     with remove_on_failure(*((out,) if _launcher_rank() == 0 else ()), keep=_has_checkpoints):
         try:
             summary, _, backend = train(cfg, resume=args.resume)
@@ -443,11 +444,9 @@ def _add_evaluate(sub):
 
 
 def cmd_evaluate(args):
-    from .emulate import load_emulator
     from .io.atomic import check_writable_dir
     from .io.guard import remove_on_failure
     from .train.config import load_train_config
-    from .train.loop import is_param_task
 
     if _comm().rank != 0:
         return 0
@@ -461,6 +460,8 @@ def cmd_evaluate(args):
         raise InputError(f"--plots {args.plots} exists and is not a directory")
     if not os.path.exists(args.checkpoint):
         raise InputError(f"checkpoint {args.checkpoint} does not exist")
+    from .emulate import load_emulator
+    from .train.loop import is_param_task
     model, norm, state = load_emulator(args.checkpoint)
     is_paramnet = state["model_signature"]["name"] == "paramnet"
     if is_paramnet != is_param_task(cfg):
@@ -534,9 +535,7 @@ def _emulate_input_shape(path):
 def cmd_emulate(args):
     import h5py
 
-    from .emulate import check_tiling, emulate_box, load_emulator
     from .io.atomic import atomic_path, check_writable_dir
-    from .probes.command import check_emulator
     from .resources import check_memory, emulate_bytes
 
     if _comm().rank != 0:
@@ -551,6 +550,8 @@ def cmd_emulate(args):
         raise InputError(f"checkpoint {args.checkpoint} does not exist")
     shape = _emulate_input_shape(args.input)
     n = shape[-1]
+    from .emulate import check_tiling, emulate_box, load_emulator
+    from .probes.command import check_emulator
     model, norm, state = load_emulator(args.checkpoint)
     check_emulator(state, args.checkpoint)
     margin = args.margin
@@ -611,11 +612,15 @@ def main(argv=None):
     except OSError as exc:
         # the machine refused (full disk, quota, permissions, vanished file): one line, not a traceback
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        _report(f"{exc.strerror or exc}{where}")
+        text = exc.strerror or str(exc)
+        if getattr(exc, "errno", None) is None and "write failed" in text:
+            text = "writing failed (is the disk full?): " + text
+        _report(f"{text}{where}")
         return 2
 
 
 def _report(msg):
+    msg = msg.strip().splitlines()[0] if msg.strip() else "failed"
     try:
         rank = _comm().rank
     except Exception:  # MPI unavailable: report anyway
