@@ -5,6 +5,7 @@ field, e.g. ``config: n_sims must be an integer >= 1 (got 'ten')``.
 """
 import copy
 import os
+import re
 from dataclasses import asdict, dataclass, field
 
 import yaml
@@ -110,7 +111,7 @@ def validate(raw):
         raise InputError("config: the file must hold a mapping of keys (n_sims, nc, box, ...)")
     unknown = [k for k in raw if k not in _KEYS]
     if unknown:
-        raise InputError(f"config: unknown key '{unknown[0]}' (known: {', '.join(_KEYS)})")
+        raise InputError(f"config: unknown key {str(unknown[0])!r} (known: {', '.join(_KEYS)})")
     if "n_sims" not in raw:
         raise InputError("config: n_sims is required")
     kw = dict(raw)
@@ -159,6 +160,8 @@ def _parse_override(item):
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise InputError(f"--set {item!r}: expected key=value")
+    if not re.fullmatch(r"[\w-]+(\.[\w-]+)*", key.strip()):
+        raise InputError(f"--set {item!r}: the key must be names joined by dots (e.g. cosmology.lhs_seed)")
     try:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:

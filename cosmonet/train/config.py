@@ -98,7 +98,7 @@ def validate_train_config(raw):
         raise InputError("train config: the file must hold a mapping with model, data, train, out")
     unknown = [k for k in raw if k not in DEFAULTS]
     if unknown:
-        raise InputError(f"train config: unknown section '{unknown[0]}' (known: {', '.join(DEFAULTS)})")
+        raise InputError(f"train config: unknown section {str(unknown[0])!r} (known: {', '.join(DEFAULTS)})")
     cfg = copy.deepcopy(DEFAULTS)
     for section in ("model", "data", "train"):
         given = raw.get(section) or {}
@@ -106,7 +106,7 @@ def validate_train_config(raw):
             raise InputError(f"train config: {section} must be a mapping")
         for key, value in given.items():
             if section != "model" and key not in DEFAULTS[section]:
-                raise InputError(f"train config: unknown key '{section}.{key}' "
+                raise InputError(f"train config: unknown key {f'{section}.{key}'!r} "
                                  f"(known: {', '.join(DEFAULTS[section])})")
             cfg[section][key] = value
     if "out" in raw:
