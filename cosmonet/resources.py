@@ -109,13 +109,14 @@ def existing_ancestor(path):
 
 def check_disk(need, path, what):
     """InputError when ``need`` bytes exceed the free space of the file system of ``path``."""
+    where = existing_ancestor(path)
     try:
-        free = shutil.disk_usage(existing_ancestor(path)).free
+        free = shutil.disk_usage(where).free
     except OSError:
         return
     if need > free:
-        raise InputError(f"{what} needs about {fmt_bytes(need)} of disk; {existing_ancestor(path)} has "
-                         f"{fmt_bytes(free)} free")
+        on = "" if os.path.abspath(path) == where else f" (its file system, at {where})"
+        raise InputError(f"{what} needs about {fmt_bytes(need)} of disk; {path} has {fmt_bytes(free)} free{on}")
 
 
 def campaign_disk_bytes(cfg, n_sims=None):
