@@ -550,6 +550,8 @@ def cmd_emulate(args):
         raise InputError(f"checkpoint {args.checkpoint} does not exist")
     shape = _emulate_input_shape(args.input)
     n = shape[-1]
+    if args.tile is not None and args.tile < n and n % args.tile:
+        raise InputError(f"emulate: --tile {args.tile} does not divide the box of {n} cells")
     from .emulate import check_tiling, emulate_box, load_emulator
     from .probes.command import check_emulator
     model, norm, state = load_emulator(args.checkpoint)
