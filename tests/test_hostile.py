@@ -270,3 +270,17 @@ def test_full_disk_is_one_line(world, tmp_path):
         assert os.listdir(mnt) == [], os.listdir(mnt)
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_displacements_are_minimum_images(tmp_path):
+    """za/disp, lpt2/disp and fastpm/disp all lie in [-L/2, L/2) (docs/data-format.md): in a
+    4 Mpc/h box the displacements reach the half box, so the wrap is exercised."""
+    import h5py
+    out = tmp_path / "small_box.h5"
+    proc = _run(["run-sim", "--nc", 8, "--box", 4, "--steps", 1, "--out", out, "--quiet"])
+    assert proc.returncode == 0, describe(proc)
+    with h5py.File(out, "r") as f:
+        for name in ("za/disp", "lpt2/disp", "fastpm/disp"):
+            d = f[name][...]
+            assert d.min() >= -2.0 and d.max() < 2.0, (name, d.min(), d.max())
+        assert np.abs(f["za/disp"][...]).max() > 1.8          # near the half box: wrapping matters here
