@@ -1,7 +1,8 @@
 """What a run needs and what the machine has: memory and disk estimates, checked before work.
 
 A size that cannot fit is refused with one line naming both numbers, e.g.
-``run-sim --nc 4096 needs about 49.4 TiB of memory; this node has 101.2 GiB available``,
+``run-sim --nc 4096 (force mesh 8192^3) needs about 58.0 TiB of memory; this node has
+20.8 GiB available``,
 instead of dying in numpy after minutes (or being killed by the out-of-memory killer).
 
 The estimates are measured, not derived (``/usr/bin/time -v`` maximum resident size,
