@@ -41,6 +41,28 @@ def _collective_check(comm, fn):
         raise InputError(msg)
 
 
+def _need(ok, option, rule, value):
+    """InputError ``--option must be RULE (got VALUE)`` unless ``ok``."""
+    if not ok:
+        raise InputError(f"{option} must be {rule} (got {value})")
+
+
+def _check_int(option, value, minimum):
+    if value is not None:
+        _need(value >= minimum, option, f"an integer >= {minimum}", value)
+
+
+def _check_positive(option, value):
+    import math
+    if value is not None:
+        _need(math.isfinite(value) and value > 0, option, "a finite number > 0", value)
+
+
+def _refuse_overwrite(inputs, outputs):
+    from .io.guard import refuse_overwrite
+    refuse_overwrite(inputs, outputs)
+
+
 # --------------------------------------------------------------------------- run-sim
 def _add_run_sim(sub):
     p = sub.add_parser("run-sim", help="one ZA / 2LPT / FastPM simulation to an HDF5 file")
@@ -87,17 +109,25 @@ def cmd_run_sim(args):
     from .io.simfile import write_simulation
     from .sim.simulation import SimConfig, run_simulation
 
+    from .resources import BASE, check_node_memory, gather_bytes, simulation_bytes
+
     comm = _comm()
     cosmo = Cosmology.from_string(args.cosmology)
     cfg = SimConfig(nc=args.nc, box=args.box, steps=args.steps, boost=args.boost, seed=args.seed,
                     a_start=args.a_start, a_final=args.a_final, cosmology=cosmo)
     if args.engine == "mpi" and args.device != "cpu":
         raise InputError(f"--device {args.device} needs --engine torch (the MPI engine runs on CPUs)")
-    _collective_check(comm, lambda: check_writable_dir(args.out))
+
+    def check_paths():
+        _refuse_overwrite({"--linear-field": args.linear_field}, {"--out": args.out})
+        check_writable_dir(args.out)
+    _collective_check(comm, check_paths)
     linear_field = None
     if args.linear_field is not None:
         _collective_check(comm, lambda: _open_linear_field(args.linear_field, cfg.nc))
         linear_field = _open_linear_field(args.linear_field, cfg.nc)
+    check_node_memory(comm, BASE + simulation_bytes(cfg.nc, cfg.force_nmesh) // comm.size,
+                      gather_bytes(cfg.nc), f"run-sim --nc {cfg.nc} (force mesh {cfg.force_nmesh}^3)")
     t0 = time.perf_counter()
 
     def progress(step, a):
@@ -151,6 +181,8 @@ def _add_power(sub):
     p.add_argument("--field", default="fastpm", help="za, lpt2 or fastpm (default fastpm)")
     p.add_argument("--second", default=None, help="second field for cross power, T and r")
     p.add_argument("--nmesh", type=int, default=None, help="painting mesh per side (default nc)")
+    p.add_argument("--index", type=int, default=None,
+                   help="campaign shard: the simulation (its campaign index, params/index) to analyse")
     p.add_argument("--compensation", default="cic_shotnoise", choices=["none", "cic", "cic_shotnoise"],
                    help="CIC window correction (default cic_shotnoise, as nbodykit)")
     p.add_argument("--json", required=True, help="output JSON file")
@@ -159,26 +191,49 @@ def _add_power(sub):
 
 
 def cmd_power(args):
+    from .io.guard import remove_on_failure
+    from .resources import BASE, check_node_memory
+
+    comm = _comm()
+    _check_int("--nmesh", args.nmesh, 2)
+    _check_int("--index", args.index, 0)
+    if not os.path.isfile(args.sim):
+        raise InputError(f"simulation file {args.sim} does not exist" if not os.path.exists(args.sim)
+                         else f"simulation file {args.sim} is not a file")
+    from .io.atomic import check_writable_dir
+    from .io.simfile import describe_sim_file
+
+    def check_paths():
+        _refuse_overwrite({"sim": args.sim}, {"--json": args.json, "--plot": args.plot})
+        check_writable_dir(args.json)
+        if args.plot:
+            check_writable_dir(args.plot)
+    _collective_check(comm, check_paths)
+    holder = {}
+    _collective_check(comm, lambda: holder.update(desc=describe_sim_file(args.sim, args.index)))
+    attrs, row = comm.bcast(holder.get("desc"), root=0)
+    nc = int(attrs["nc"])
+    nmesh = nc if args.nmesh is None else args.nmesh
+    fields = 2 if args.second else 1
+    check_node_memory(comm, BASE + (fields * nc ** 3 * 48 + nmesh ** 3 * 8 * 6) // comm.size, 0,
+                      f"power (--nmesh {nmesh}, {nc}^3 particles)")
+    with remove_on_failure(*((args.json, args.plot) if comm.rank == 0 else ())):
+        return _power(args, comm, attrs, row, nmesh)
+
+
+def _power(args, comm, attrs, row, nmesh):
     import numpy as np
 
     from .analysis.power import cross_power, binned_power, density_k
     from .mesh import ParticleMesh
 
-    comm = _comm()
-    if not os.path.exists(args.sim):
-        raise InputError(f"simulation file {args.sim} does not exist")
-    from .io.atomic import check_writable_dir
-    _collective_check(comm, lambda: check_writable_dir(args.json))
     from .io.simfile import read_positions
-    pos, attrs = read_positions(args.sim, args.field, comm.rank, comm.size)
+    pos, _ = read_positions(args.sim, args.field, comm.rank, comm.size, row)
     nc, box = int(attrs["nc"]), float(attrs["box_size"])
-    nmesh = nc if args.nmesh is None else args.nmesh
-    if nmesh < 2:
-        raise InputError(f"--nmesh must be >= 2 (got {nmesh})")
     pm = ParticleMesh(nmesh, box, comm, dtype=np.float64)
     a_k = density_k(pm, pos, nc ** 3, args.compensation)
     if args.second is not None:
-        pos2, _ = read_positions(args.sim, args.second, comm.rank, comm.size)
+        pos2, _ = read_positions(args.sim, args.second, comm.rank, comm.size, row)
         b_k = density_k(pm, pos2, nc ** 3, args.compensation)
         res = cross_power(pm, a_k, b_k)
     else:
@@ -187,7 +242,7 @@ def cmd_power(args):
     if len(res["k"]) == 0:
         raise InputError(f"no k bin below the Nyquist frequency holds a mode: --nmesh {nmesh} is too small")
     out = {key: np.asarray(v).tolist() for key, v in res.items()}
-    out.update(field=args.field, second=args.second, nmesh=nmesh, box_size=box,
+    out.update(field=args.field, second=args.second, index=args.index, nmesh=nmesh, box_size=box,
                shotnoise=box ** 3 / nc ** 3, compensation=args.compensation,
                a_final=attrs.get("a_final"), units={"k": "h/Mpc", "power": "(Mpc/h)^3"})
     if comm.rank == 0:
@@ -217,23 +272,62 @@ def _add_simulate(sub):
     p.set_defaults(func=cmd_simulate)
 
 
+def _campaign_resources(cfg, comm):
+    """Refuse (collectively) a campaign whose simulations cannot fit in memory or whose
+    remaining shards cannot fit on the disk of ``cfg.out``."""
+    from .campaign import store as shardio
+    from .resources import BASE, campaign_disk_bytes, check_disk, check_node_memory, gather_bytes, simulation_bytes
+
+    rps = cfg.ranks_per_sim
+    leader = comm.rank % rps == 0
+    force = int(round(cfg.boost * cfg.nc))
+    per_rank = BASE + simulation_bytes(cfg.nc, force) // rps + (gather_bytes(cfg.nc, cfg.density_nmesh)
+                                                                if leader else 0)
+    check_node_memory(comm, per_rank, 0, f"simulate: nc {cfg.nc} (force mesh {force}^3, {rps} rank(s) "
+                                         f"per simulation)")
+
+    def disk():
+        done = 0
+        if os.path.isdir(os.path.join(cfg.out, shardio.SHARD_DIR)):
+            done = sum(r["n"] for r in (shardio.read_record(cfg.out, s) for s in range(cfg.n_shards))
+                       if isinstance(r, dict) and isinstance(r.get("n"), int))
+        left = max(cfg.n_sims - done, 0)
+        check_disk(campaign_disk_bytes(cfg, left), cfg.out,
+                   f"simulate: {left} simulations of {cfg.nc}^3 ({', '.join(cfg.fields)})")
+    _collective_check(comm, disk)
+
+
+def _campaign_has_shards(path):
+    from .campaign import store as shardio
+    d = os.path.join(path, shardio.SHARD_DIR)
+    return os.path.isdir(d) and any(name.endswith(".json") for name in os.listdir(d))
+
+
 def cmd_simulate(args):
     from .campaign.config import load_config
     from .campaign.runner import prepare_directory, run_campaign
+    from .io.guard import remove_on_failure
 
     comm = _comm()
     holder = {}
 
-    def load_and_prepare():
+    def load():
         cfg = holder["cfg"] = load_config(args.config, args.overrides, out=args.out)
+        _refuse_overwrite({"config": args.config}, {"out": cfg.out})
+        if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+            raise InputError(f"config: out {cfg.out} exists and is not a directory")
         if comm.size % cfg.ranks_per_sim:
             raise InputError(f"config: ranks_per_sim {cfg.ranks_per_sim} does not divide the "
                              f"{comm.size} ranks")
-        prepare_directory(cfg)
 
-    _collective_check(comm, load_and_prepare)
+    _collective_check(comm, load)
     cfg = comm.bcast(holder.get("cfg"), root=0)
-    summary = run_campaign(cfg, comm, show_progress=not args.quiet)
+    _campaign_resources(cfg, comm)
+    fresh = comm.bcast(not os.path.exists(cfg.out) if comm.rank == 0 else None, root=0)
+    # a directory this run created is removed again if the run fails before a shard is complete
+    with remove_on_failure(*((cfg.out,) if comm.rank == 0 and fresh else ()), keep=_campaign_has_shards):
+        _collective_check(comm, lambda: prepare_directory(cfg))
+        summary = run_campaign(cfg, comm, show_progress=not args.quiet)
     if comm.rank == 0:
         print(json.dumps(summary))
     return 0
@@ -272,20 +366,48 @@ def _add_train(sub):
     p.set_defaults(func=cmd_train)
 
 
+def _has_checkpoints(path):
+    return os.path.isdir(os.path.join(path, "checkpoints"))
+
+
 def cmd_train(args):
+    from .io.guard import remove_on_failure
     from .train.trainconfig import load_train_config
-    from .train.loop import TrainingError, train
 
     cfg = load_train_config(args.config, args.overrides)
-    try:
-        summary, _, backend = train(cfg, resume=args.resume)
-    except TrainingError as exc:
-        print(f"cosmonet: training stopped: {exc}", file=sys.stderr, flush=True)
-        return 3
+    out = cfg["out"]
+    _refuse_overwrite({"config": args.config, "data.root": cfg["data"]["root"]}, {"out": out})
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(f"train config: out {out} exists and is not a directory")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(os.path.abspath(out)) and not os.access(_existing_dir(parent), os.W_OK | os.X_OK):
+        raise InputError(f"train config: out {out} cannot be created ({_existing_dir(parent)} is not writable)")
+    if not os.path.isdir(cfg["data"]["root"]):
+        raise InputError(f"train config: data.root {cfg['data']['root']} is not a directory")
+    from .train.loop import TrainingError, train
+    with remove_on_failure(*((out,) if _launcher_rank() == 0 else ()), keep=_has_checkpoints):
+        try:
+            summary, _, backend = train(cfg, resume=args.resume)
+        except TrainingError as exc:
+            print(f"cosmonet: training stopped: {exc}", file=sys.stderr, flush=True)
+            return 3
     if backend.is_root:
         print(json.dumps(summary))
     backend.shutdown()
     return 0
+
+
+def _launcher_rank():
+    """This process's rank as the launcher (mpirun, srun, torchrun) numbers it; 0 alone."""
+    for key in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID", "RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
+def _existing_dir(path):
+    from .resources import existing_ancestor
+    return existing_ancestor(path)
 
 
 # --------------------------------------------------------------------------- evaluate / emulate
@@ -304,22 +426,36 @@ def _add_evaluate(sub):
 
 
 def cmd_evaluate(args):
-    from .emulate import load_emulator
     from .io.atomic import check_writable_dir
+    from .io.guard import remove_on_failure
     from .train.trainconfig import load_train_config
-    from .train.loop import is_param_task
 
     if _comm().rank != 0:
         return 0
+    _check_int("--max-boxes", args.max_boxes, 1)
+    _check_positive("--k-max", args.k_max)
     cfg = load_train_config(args.config, args.overrides)
+    _refuse_overwrite({"config": args.config, "--checkpoint": args.checkpoint, "data.root": cfg["data"]["root"]},
+                      {"--json": args.json, "--plots": args.plots})
     check_writable_dir(args.json)
+    if args.plots and os.path.exists(args.plots) and not os.path.isdir(args.plots):
+        raise InputError(f"--plots {args.plots} exists and is not a directory")
+    if not os.path.exists(args.checkpoint):
+        raise InputError(f"checkpoint {args.checkpoint} does not exist")
+    from .emulate import load_emulator
+    from .train.loop import is_param_task
     model, norm, state = load_emulator(args.checkpoint)
     is_paramnet = state["model_signature"]["name"] == "paramnet"
     if is_paramnet != is_param_task(cfg):
         raise InputError(f"checkpoint {args.checkpoint} holds model {state['model_signature']['name']!r}, "
                          f"which does not fit the config's data.target {cfg['data']['target']!r}")
-    if is_paramnet:
-        return _evaluate_params(args, cfg, model, norm)
+    with remove_on_failure(args.json, args.plots):
+        if is_paramnet:
+            return _evaluate_params(args, cfg, model, norm)
+        return _evaluate_d3m(args, cfg, model, norm)
+
+
+def _evaluate_d3m(args, cfg, model, norm):
     from .analysis.d3m_eval import evaluate_d3m, plot_report
     from .io.atomic import write_json
     from .data import ShardDataset
@@ -365,16 +501,51 @@ def _add_emulate(sub):
     p.set_defaults(func=cmd_emulate)
 
 
+def _emulate_input_shape(path):
+    """Shape of ``za/disp`` in ``path``; InputError naming what the file is otherwise."""
+    with _open_sim_file(path) as f:
+        if "za/disp" not in f:
+            raise InputError(f"{path} has no za/disp: not a run-sim simulation file")
+        shape = f["za/disp"].shape
+    if len(shape) == 5:
+        raise InputError(f"{path} is a campaign shard ({shape[0]} simulations); emulate takes one run-sim file")
+    if len(shape) != 4 or shape[0] != 3 or len(set(shape[1:])) != 1:
+        raise InputError(f"{path}: za/disp has shape {shape}, expected (3, n, n, n)")
+    return shape
+
+
 def cmd_emulate(args):
     import h5py
 
-    from .emulate import emulate_box, load_emulator
     from .io.atomic import atomic_path, check_writable_dir
+    from .resources import check_memory, emulate_bytes
 
     if _comm().rank != 0:
         return 0
+    _check_int("--tile", args.tile, 1)
+    _check_int("--margin", args.margin, 0)
+    _refuse_overwrite({"--input": args.input, "--checkpoint": args.checkpoint}, {"--out": args.out})
     check_writable_dir(args.out)
-    model, norm, _ = load_emulator(args.checkpoint)
+    if not os.path.isfile(args.input):
+        raise InputError(f"--input {args.input} is not a file")
+    if not os.path.exists(args.checkpoint):
+        raise InputError(f"checkpoint {args.checkpoint} does not exist")
+    shape = _emulate_input_shape(args.input)
+    n = shape[-1]
+    if args.tile is not None and args.tile < n and n % args.tile:
+        raise InputError(f"emulate: --tile {args.tile} does not divide the box of {n} cells")
+    from .emulate import check_tiling, emulate_box, load_emulator
+    from .probes.command import check_emulator
+    model, norm, state = load_emulator(args.checkpoint)
+    check_emulator(state, args.checkpoint)
+    margin = args.margin
+    if args.tile is not None:
+        margin = check_tiling(model, n, args.tile, args.margin)
+    channels = int((state["model_signature"].get("kwargs") or {}).get("base_channels", 64))
+    tiled = args.tile is not None and args.tile < n
+    cells = 8 * (args.tile + 2 * margin) ** 3 if tiled else n ** 3
+    check_memory(emulate_bytes(n, channels, min(cells, 8 * n ** 3)), f"emulate on {n}^3 cells"
+                 + (f" in tiles of {args.tile}" if tiled else ""))
     try:
         with h5py.File(args.input, "r") as f:
             disp = f["za/disp"][...]
@@ -382,7 +553,7 @@ def cmd_emulate(args):
     except (OSError, KeyError) as exc:
         raise InputError(f"{args.input}: cannot read za/disp ({exc})") from None
     t0 = time.perf_counter()
-    pred = emulate_box(model, disp, norm["scale"], tile=args.tile, margin=args.margin)
+    pred = emulate_box(model, disp, norm["scale"], tile=args.tile, margin=margin)
     seconds = time.perf_counter() - t0
     with atomic_path(args.out) as tmp:
         with h5py.File(tmp, "w") as f:
@@ -416,14 +587,30 @@ def main(argv=None):
         args = build_parser().parse_args(argv)
         return args.func(args)
     except InputError as exc:
-        try:
-            rank = _comm().rank
-        except Exception:  # MPI unavailable: report anyway
-            rank = 0
-        if rank == 0:
-            msg = str(exc).splitlines()[0] if str(exc) else "invalid input"
-            print(f"cosmonet: error: {msg}", file=sys.stderr, flush=True)
+        _report(str(exc).splitlines()[0] if str(exc) else "invalid input")
         return 2
+    except MemoryError:
+        _report("out of memory (the machine could not hold the arrays of this run; use smaller sizes or more "
+                "ranks)")
+        return 2
+    except OSError as exc:
+        # the machine refused (full disk, quota, permissions, vanished file): one line, not a traceback
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        text = exc.strerror or str(exc)
+        if getattr(exc, "errno", None) is None and "write failed" in text:
+            text = "writing failed (is the disk full?): " + text
+        _report(f"{text}{where}")
+        return 2
+
+
+def _report(msg):
+    msg = msg.strip().splitlines()[0] if msg.strip() else "failed"
+    try:
+        rank = _comm().rank
+    except Exception:  # MPI unavailable: report anyway
+        rank = 0
+    if rank == 0:
+        print(f"cosmonet: error: {msg}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,14 @@ size it sees the whole periodic box. On a larger box (256^3 for a network traine
 and only its centre is kept. With a margin at least the network's receptive-field radius
 the result equals what the network computes on the whole box (tested), while memory stays
 that of one tile batch.
+
+That holds only for a network whose every layer is local. A normalisation that takes its
+statistics over the input it is given (GroupNorm, InstanceNorm, LayerNorm, or BatchNorm
+without running statistics / in training mode) sees the tile instead of the box, so the
+tiles differ from the whole box (by up to 3.3 Mpc/h with ``norm: group``): such models
+are refused for tiling (:func:`tiling_blockers`). Tiles and margins must also be multiples
+of the network's downsampling factor 2**depth (otherwise the stride-2 grid of a tile is
+shifted against the box's), and the margin at least the receptive radius.
 """
 import numpy as np
 import torch
@@ -20,8 +28,14 @@ def load_emulator(path, device="cpu"):
     from .models import build_model
     state = load_checkpoint(path)
     sig = state["model_signature"]
-    model = build_model(sig["name"], **sig.get("kwargs", {}))
-    model.load_state_dict(state["model"])
+    try:
+        model = build_model(sig["name"], **sig.get("kwargs", {}))
+        model.load_state_dict(state["model"])
+    except (ValueError, TypeError, KeyError, RuntimeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"checkpoint {path}: its model cannot be rebuilt ({first})") from None
+    if not isinstance(state.get("normalization"), dict):
+        raise InputError(f"checkpoint {path}: has no normalisation record")
     model.to(device).eval()
     return model, state["normalization"], state
 
@@ -40,6 +54,61 @@ def receptive_radius(model, n=32, channels=3, device="cpu"):
     return int((idx - n // 2).abs().max())
 
 
+#: layers whose output at a voxel depends on statistics over the whole input
+_GLOBAL_NORMS = (torch.nn.GroupNorm, torch.nn.InstanceNorm1d, torch.nn.InstanceNorm2d, torch.nn.InstanceNorm3d,
+                 torch.nn.LayerNorm, torch.nn.LocalResponseNorm)
+
+
+def tiling_blockers(model):
+    """Names of the layers that make tiles differ from the whole box (empty: tiling is exact).
+
+    GroupNorm / InstanceNorm / LayerNorm normalise by statistics over the input (the tile);
+    BatchNorm does too in training mode or without running statistics. BatchNorm in eval
+    mode with running statistics is a fixed affine map per channel: local.
+    """
+    names = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, _GLOBAL_NORMS):
+            names.append(f"{name} ({type(mod).__name__})")
+        elif isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            if mod.training or mod.running_mean is None:
+                names.append(f"{name} ({type(mod).__name__} with batch statistics)")
+    return names
+
+
+def check_tiling(model, n, tile, margin, radius=None, device="cpu"):
+    """The margin to use for tiles of ``tile`` cells on an n^3 box; InputError naming the
+    option when tiling cannot reproduce the whole-box result. ``radius``: the measured
+    receptive radius (measured here when None and needed)."""
+    factor = 2 ** getattr(model, "depth", 0)
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 1:
+        raise InputError(f"emulate: --tile must be an integer >= 1 (got {tile!r})")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, np.integer)) or margin < 0):
+        raise InputError(f"emulate: --margin must be an integer >= 0 (got {margin!r})")
+    if tile >= n:
+        return 0
+    if n % tile:
+        raise InputError(f"emulate: --tile {tile} does not divide the box of {n} cells")
+    if tile % factor:
+        raise InputError(f"emulate: --tile {tile} must be a multiple of the network's downsampling factor {factor}")
+    blockers = tiling_blockers(model)
+    if blockers:
+        raise InputError(f"emulate: --tile cannot reproduce the whole box for this model: {blockers[0]} normalises "
+                         f"by statistics over the tile ({len(blockers)} such layers); run without --tile")
+    if radius is None:
+        radius = receptive_radius(model, n=min(n, 64), device=device)
+    needed = -(-radius // factor) * factor
+    if margin is None:
+        margin = needed
+    if margin % factor:
+        raise InputError(f"emulate: --margin {margin} must be a multiple of the network's downsampling factor "
+                         f"{factor}")
+    if margin < radius:
+        raise InputError(f"emulate: --margin {margin} is below the network's receptive radius of {radius} cells "
+                         f"(use >= {needed}): tiles would differ from the whole box")
+    return margin
+
+
 def _tiles(n, tile):
     return [(i, j, k) for i in range(0, n, tile) for j in range(0, n, tile) for k in range(0, n, tile)]
 
@@ -49,7 +118,8 @@ def emulate_box(model, disp, scale, tile=None, margin=None, batch=8, device="cpu
 
     ``tile=None`` (or tile >= n) runs the whole box at once; otherwise tiles of ``tile``
     cells with ``margin`` cells of periodic context (default: the measured receptive
-    radius rounded up to the network's downsampling factor).
+    radius rounded up to the network's downsampling factor). Tiling is refused
+    (InputError) where it would not equal the whole box: see :func:`check_tiling`.
     """
     disp = np.asarray(disp, dtype=np.float32)
     n = disp.shape[-1]
@@ -57,19 +127,22 @@ def emulate_box(model, disp, scale, tile=None, margin=None, batch=8, device="cpu
         raise InputError(f"emulate: input displacement must be (3, n, n, n), got {disp.shape}")
     x = torch.from_numpy(disp / scale)
     factor = 2 ** getattr(model, "depth", 0)
+    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 1):
+        raise InputError(f"emulate: --tile must be an integer >= 1 (got {tile!r})")
     if tile is None or tile >= n:
         if n % factor:
             raise InputError(f"emulate: box of {n}^3 cells is not divisible by the network's {factor}")
         with torch.no_grad():
             return (model(x[None].to(device))[0].cpu().numpy() * scale).astype(np.float32)
-    if n % tile:
-        raise InputError(f"emulate: tile {tile} does not divide the box of {n} cells")
-    if margin is None:
-        r = receptive_radius(model, n=min(n, 64), device=device)
-        margin = -(-r // factor) * factor
-    if (tile + 2 * margin) % factor:
-        raise InputError(f"emulate: tile + 2 margin must be divisible by {factor}")
-    out = np.empty_like(disp)
+    margin = check_tiling(model, n, tile, margin, device=device)
+    return emulate_tiles(model, x, scale, tile, margin, batch, device)
+
+
+def emulate_tiles(model, x, scale, tile, margin, batch=8, device="cpu"):
+    """The tiled pass of :func:`emulate_box` on the normalised field ``x`` (3, n, n, n),
+    without its checks (tests use it to show what a short margin or a GroupNorm does)."""
+    n = x.shape[-1]
+    out = np.empty(tuple(x.shape), dtype=np.float32)
     corners = _tiles(n, tile)
     span = np.arange(-margin, tile + margin)
     with torch.no_grad():

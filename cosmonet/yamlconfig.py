@@ -5,6 +5,7 @@ Used by the campaign configuration (:mod:`cosmonet.campaign.config`), the campai
 (:mod:`cosmonet.train.trainconfig`). Errors are one-line :class:`~cosmonet.errors.InputError`.
 """
 import copy
+import re
 
 import yaml
 
@@ -19,10 +20,12 @@ def load_yaml(path, what=""):
     """
     label = f"{what} {path}" if what else str(path)
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             return yaml.safe_load(fh)
     except OSError as exc:
         raise InputError(f"cannot read {label} ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{label} is not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
@@ -34,6 +37,8 @@ def parse_override(item):
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise InputError(f"--set {item!r}: expected key=value")
+    if not re.fullmatch(r"[\w-]+(\.[\w-]+)*", key.strip()):
+        raise InputError(f"--set {item!r}: the key must be names joined by dots (e.g. cosmology.lhs_seed)")
     try:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from cosmonet.emulate import emulate_box, load_emulator, receptive_radius
+from cosmonet.emulate import emulate_box, emulate_tiles, load_emulator, receptive_radius, tiling_blockers
+from cosmonet.errors import InputError
 from cosmonet.models import build_model, model_signature
 from cosmonet.train.checkpoint import save_checkpoint
 from mpi_util import cosmonet_exe
@@ -35,9 +36,35 @@ def test_tiles_equal_the_whole_box(checkpoint):
     tiled = emulate_box(model, disp, norm["scale"], tile=16)           # margin: measured radius
     learned = np.abs(whole - disp).max()          # the network's part (the rest is the residual input)
     np.testing.assert_allclose(tiled, whole, atol=1e-4 * learned)
-    # too little context is visibly wrong (the test can fail)
-    short = emulate_box(model, disp, norm["scale"], tile=16, margin=0)
+    # too little context is visibly wrong (the test can fail), so emulate_box refuses it
+    short = emulate_tiles(model, torch.from_numpy(disp / norm["scale"]), norm["scale"], 16, 0)
     assert np.abs(short - whole).max() > 1e-2 * learned
+    with pytest.raises(InputError, match="receptive radius"):
+        emulate_box(model, disp, norm["scale"], tile=16, margin=0)
+    for tile, margin, what in ((0, None, "--tile must be"), (-16, None, "--tile must be"), (12, None, "divide"),
+                               (2, None, "multiple"), (16, -4, "--margin must be"), (16, 6, "multiple")):
+        with pytest.raises(InputError, match=what):
+            emulate_box(model, disp, norm["scale"], tile=tile, margin=margin)
+
+
+@pytest.mark.parametrize("norm", ["group", "batch_statistics"])
+def test_tiling_refused_where_statistics_span_the_tile(norm):
+    """GroupNorm (and BatchNorm on batch statistics) normalise over the tile: the tiles are
+    measurably different from the whole box, so emulate_box refuses to tile such a model."""
+    torch.manual_seed(0)
+    model = build_model("unet", base_channels=4, depth=2, norm="group" if norm == "group" else "batch").eval()
+    if norm == "batch_statistics":
+        model.train()
+    assert tiling_blockers(model)
+    disp = np.random.default_rng(2).normal(0, 4, (3, 32, 32, 32)).astype(np.float32)
+    x = torch.from_numpy(disp / 5.0)
+    whole = emulate_box(model, disp, 5.0)
+    tiled = emulate_tiles(model, x, 5.0, 16, 16)            # generous margin: still not the whole box
+    assert np.abs(tiled - whole).max() > 1e-3
+    with pytest.raises(InputError, match="statistics over the tile"):
+        emulate_box(model, disp, 5.0, tile=16)
+    assert not tiling_blockers(build_model("unet", base_channels=4, depth=2, norm="batch").eval())
+    assert not tiling_blockers(build_model("unet", base_channels=4, depth=2, norm="none").eval())
 
 
 def test_emulate_command_on_a_run_sim_file(checkpoint, tmp_path):

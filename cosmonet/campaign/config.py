@@ -161,7 +161,7 @@ def validate(raw):
         raise InputError("config: the file must hold a mapping of keys (n_sims, nc, box, ...)")
     unknown = [k for k in raw if k not in _KEYS]
     if unknown:
-        raise InputError(f"config: unknown key '{unknown[0]}' (known: {', '.join(_KEYS)})")
+        raise InputError(f"config: unknown key {str(unknown[0])!r} (known: {', '.join(_KEYS)})")
     if "n_sims" not in raw:
         raise InputError("config: n_sims is required")
     kw = dict(raw)

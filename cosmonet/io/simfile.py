@@ -62,16 +62,52 @@ def read_field(path, name):
         return f[name][...]
 
 
-def read_positions(path, name, rank=0, size=1):
-    """Particle positions q + displacement of field ``name`` ("za", "lpt2", "fastpm") of a
-    simulation file: the rows of process ``rank`` of ``size`` (planes of i split evenly),
-    (n, 3) float64 in Mpc/h wrapped into [0, box), and the file's attributes (plain dict).
-    Raises InputError (one line) for a file that is not a simulation file or lacks the field."""
+def _open(path):
+    """The open h5py file, or InputError naming why it cannot be read."""
     try:
-        f = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except OSError as exc:
-        raise InputError(f"cannot open simulation file {path} ({exc})") from None
-    with f:
+        first = str(exc).splitlines()[0] if str(exc) else "unreadable"
+        raise InputError(f"cannot open simulation file {path} ({first})") from None
+
+
+def describe_sim_file(path, index=None):
+    """What ``path`` is: (attrs, row), row None for a run-sim file or the position of
+    simulation ``index`` in a campaign shard (whose parameters are added to attrs).
+    Raises InputError (one line) for anything else, and for a shard without ``index``."""
+    with _open(path) as f:
+        attrs = plain_attrs(f.attrs)
+        missing = [k for k in ("nc", "box_size") if k not in attrs]
+        if missing:
+            raise InputError(f"{path} is not a cosmonet simulation file or campaign shard "
+                             f"(no '{missing[0]}' attribute)")
+        nc = int(attrs["nc"])
+        if not ("params" in f and "index" in f["params"]):
+            if index is not None:
+                raise InputError(f"--index {index}: {path} is a single simulation (run-sim), not a campaign shard")
+            return attrs, None
+        held = [int(i) for i in f["params/index"][...]]
+        if index is None:
+            raise InputError(f"{path} is a campaign shard of {len(held)} simulations (indices {held[0]}.."
+                             f"{held[-1]}, {nc}^3 particles each): choose one with --index")
+        if index not in held:
+            raise InputError(f"--index {index} is not in {path} (it holds simulations {held[0]}..{held[-1]})")
+        row = held.index(index)
+        for col in f["params"]:
+            if col not in ("index", "seed", "split", "done"):
+                v = float(f["params"][col][row])
+                if v == v:                      # NaN: the parameter was not set (A_s or sigma8)
+                    attrs[col] = v
+        return attrs, row
+
+
+def read_positions(path, name, rank=0, size=1, row=None):
+    """Particle positions q + displacement of field ``name`` ("za", "lpt2", "fastpm") of a
+    simulation file (or of simulation ``row`` of a campaign shard): the rows of process
+    ``rank`` of ``size`` (planes of i split evenly), (n, 3) float64 in Mpc/h wrapped into
+    [0, box), and the file's attributes (plain dict). Raises InputError (one line) for a
+    file that is not a simulation file, lacks the field or has another shape."""
+    with _open(path) as f:
         key = f"{name}/disp"
         if key not in f:
             raise InputError(f"{path} has no field '{name}' (has: "
@@ -81,9 +117,12 @@ def read_positions(path, name, rank=0, size=1):
         if missing:
             raise InputError(f"{path} is not a cosmonet simulation file (no '{missing[0]}' attribute)")
         nc, box = int(attrs["nc"]), float(attrs["box_size"])
+        want = (3, nc, nc, nc) if row is None else (f[key].shape[0], 3, nc, nc, nc)
+        if f[key].shape != want:
+            raise InputError(f"{path}: {key} has shape {f[key].shape}, expected {want}")
         rows = np.array_split(np.arange(nc), size)[rank]
         lo, hi = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 0)
-        disp = f[key][:, lo:hi].astype(np.float64)
+        disp = (f[key][:, lo:hi] if row is None else f[key][row, :, lo:hi]).astype(np.float64)
     q = lagrangian_grid(nc, box, slice(lo, hi))
     pos = np.mod(q + disp, box).reshape(3, -1).T
     return pos, attrs

@@ -1,18 +1,29 @@
 """Planned real-to-complex 3D FFTs over x-slabs, with reusable buffers.
 
-One rank: FFTW plans (``FFTW_MEASURE``) from mpi4py-fft's ``fftw`` module on aligned
-buffers. Several ranks: mpi4py-fft's ``PFFT`` with a slab decomposition (real fields split
+One rank: FFTW plans from mpi4py-fft's ``fftw`` module on aligned buffers. Several ranks: mpi4py-fft's ``PFFT`` with a slab decomposition (real fields split
 along x, complex fields along y). Either way a :class:`SlabFFT` owns four buffers --
 ``fwd_in`` (real), ``fwd_out`` (complex), ``bwd_in`` (complex), ``bwd_out`` (real) -- and
 :meth:`forward` / :meth:`backward` transform between them in place. Reusing buffers
 avoids fresh allocations, whose page faults cost as much as the transforms themselves
 at 64^3 (measured: 15,000 faults and 0.04 s of system time per simulation).
 
-Plans are cached per (communicator, N, dtype): planning with FFTW_MEASURE takes tens
-of milliseconds and must not be paid per simulation. Call :func:`clear_cache` before
-freeing a communicator that has cached plans.
+Plans are made with ``FFTW_ESTIMATE`` (:data:`PLANNER_EFFORT`), serial and parallel
+alike: an estimated plan depends only on the transform's shape, so two runs with the same
+number of ranks execute the same arithmetic and are bitwise identical. ``FFTW_MEASURE``
+times candidate plans and may pick another one in every process (shards from one run then
+differed by 1-4 float32 ulps from a rerun); see docs/physics.md for the bound across rank
+counts and docs/benchmarks.md for the cost. ``COSMONET_FFTW_PLANNER=FFTW_MEASURE`` selects
+the measured plans (benchmarks only). Plans are cached per (communicator, N, dtype).
+Call :func:`clear_cache` before freeing a communicator that has cached plans.
 """
+import os
+
 import numpy as np
+
+#: FFTW planner flag of every plan: deterministic FFTW_ESTIMATE unless overridden
+PLANNER_EFFORT = os.environ.get("COSMONET_FFTW_PLANNER", "FFTW_ESTIMATE")
+if PLANNER_EFFORT not in ("FFTW_ESTIMATE", "FFTW_MEASURE", "FFTW_PATIENT", "FFTW_EXHAUSTIVE"):
+    PLANNER_EFFORT = "FFTW_ESTIMATE"
 
 _CACHE = {}
 
@@ -32,7 +43,7 @@ class SlabFFT:
             self.fwd_out = fftw.aligned((N, N, N // 2 + 1), dtype=ctype)
             self.bwd_in = fftw.aligned((N, N, N // 2 + 1), dtype=ctype)
             self.bwd_out = fftw.aligned(shape, dtype=self.dtype)
-            flags = (fftw.FFTW_MEASURE, fftw.FFTW_DESTROY_INPUT)
+            flags = (fftw.flag_dict[PLANNER_EFFORT], fftw.FFTW_DESTROY_INPUT)
             self._fwd = fftw.rfftn(self.fwd_in, axes=(0, 1, 2), flags=flags, output_array=self.fwd_out)
             self._bwd = fftw.irfftn(self.bwd_in, s=shape, axes=(0, 1, 2), flags=flags,
                                     output_array=self.bwd_out)
@@ -42,7 +53,8 @@ class SlabFFT:
             self.backward = self._serial_backward
         else:
             from mpi4py_fft import PFFT
-            self._pfft = PFFT(comm, shape, axes=(0, 1, 2), dtype=self.dtype, grid=(-1,))
+            self._pfft = PFFT(comm, shape, axes=(0, 1, 2), dtype=self.dtype, grid=(-1,),
+                              planner_effort=PLANNER_EFFORT)
             self.real_slice = self._pfft.local_slice(False)
             self.complex_slice = self._pfft.local_slice(True)
             self.fwd_in = self._pfft.forward.input_array

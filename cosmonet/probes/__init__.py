@@ -21,8 +21,14 @@ Units everywhere: k in h/Mpc, displacement and amplitude in Mpc/h, mode variance
 (Mpc/h)^2, displacement power in (Mpc/h)^5 (V |psi_k|^2 summed over the three
 components), density power in (Mpc/h)^3, phases in radians. See docs/probes.md.
 """
-from .planewave import (ProbeSetup, measure_modes, planewave_displacement, planewave_linear_field,
-                        probe_planewave, resolve_mode)
-
 __all__ = ["ProbeSetup", "measure_modes", "planewave_displacement", "planewave_linear_field",
            "probe_planewave", "resolve_mode"]
+
+
+def __getattr__(name):
+    """Import the probes on first use: ``cosmonet --help`` and argument errors must not pay
+    for torch and scipy (several seconds)."""
+    if name in __all__:
+        from . import planewave
+        return getattr(planewave, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -191,7 +191,19 @@ def cmd_probe(args):
         raise InputError(f"--amplitudes must be numbers > 0 in Mpc/h (got {args.amplitudes!r})")
     if not os.path.exists(args.checkpoint):
         raise InputError(f"checkpoint {args.checkpoint} does not exist")
-    _out_dir(args.out)
+    from ..io.guard import refuse_overwrite, remove_on_failure
+    names = [f"{kind}.json", f"{kind}.png"] + (["cosmology_error.png", "cosmology_T.png", "cosmology_r.png"]
+                                              if kind == "cosmology" else [])
+    refuse_overwrite({"--checkpoint": args.checkpoint, "--data": args.data, "--train-data": args.train_data},
+                     {"--out": args.out, **{f"--out/{n}": os.path.join(args.out, n) for n in names}})
+    from ..resources import check_device
+    check_device(args.device)
+    with remove_on_failure(args.out):
+        _out_dir(args.out)
+        return _run_probe(args, kind, phase, phases, amps)
+
+
+def _run_probe(args, kind, phase, phases, amps):
 
     from ..emulate import emulate_box, load_emulator
     from ..train.checkpoint import load_checkpoint

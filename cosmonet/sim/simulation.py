@@ -130,9 +130,9 @@ def run_simulation(cfg, comm, linear_field=None, timers=None, progress=None, fie
         psi1, psi2 = flat(psi1), flat(psi2)
         out = {}
         af = cfg.a_final
-        out["za/disp"] = to_grid(lpt_displacement(psi1, None, growth, af), pm)
+        out["za/disp"] = to_grid(minimum_image(lpt_displacement(psi1, None, growth, af), cfg.box), pm)
         out["za/vel"] = to_grid(VELOCITY_UNIT_KMS / af * lpt_momentum(psi1, None, growth, cosmo, af), pm)
-        out["lpt2/disp"] = to_grid(lpt_displacement(psi1, psi2, growth, af), pm)
+        out["lpt2/disp"] = to_grid(minimum_image(lpt_displacement(psi1, psi2, growth, af), cfg.box), pm)
         out["lpt2/vel"] = to_grid(VELOCITY_UNIT_KMS / af * lpt_momentum(psi1, psi2, growth, cosmo, af), pm)
         a0 = cfg.a_start
         state = ParticleState(pos=np.mod(q + lpt_displacement(psi1, psi2, growth, a0), cfg.box),

@@ -157,8 +157,10 @@ def _check(path, value):
         raise InputError(f"train config: {path} must be > 0 (got {value})")
     if path == "data.params" and not (value and all(isinstance(p, str) for p in value)):
         raise InputError(f"train config: data.params must be a non-empty list of parameter names (got {value!r})")
-    if path == "train.density_weight" and not value >= 0:
+    if path in ("train.density_weight", "train.weight_decay") and not value >= 0:
         raise InputError(f"train config: {path} must be >= 0 (got {value})")
+    if want is float and value in (float("inf"), float("-inf")):
+        raise InputError(f"train config: {path} must be finite (got {value})")
     return value
 
 
@@ -170,7 +172,7 @@ def validate_train_config(raw):
         raise InputError("train config: the file must hold a mapping with model, data, train, out")
     unknown = [k for k in raw if k not in DEFAULTS]
     if unknown:
-        raise InputError(f"train config: unknown section '{unknown[0]}' (known: {', '.join(DEFAULTS)})")
+        raise InputError(f"train config: unknown section {str(unknown[0])!r} (known: {', '.join(DEFAULTS)})")
     cfg = copy.deepcopy(DEFAULTS)
     for section in ("model", "data", "train"):
         given = raw.get(section) or {}
@@ -178,7 +180,7 @@ def validate_train_config(raw):
             raise InputError(f"train config: {section} must be a mapping")
         for key, value in given.items():
             if section != "model" and key not in DEFAULTS[section]:
-                raise InputError(f"train config: unknown key '{section}.{key}' "
+                raise InputError(f"train config: unknown key {f'{section}.{key}'!r} "
                                  f"(known: {', '.join(DEFAULTS[section])})")
             cfg[section][key] = value
     if "out" in raw:
