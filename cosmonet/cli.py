@@ -503,7 +503,8 @@ def _add_emulate(sub):
 
 def _emulate_input_shape(path):
     """Shape of ``za/disp`` in ``path``; InputError naming what the file is otherwise."""
-    with _open_sim_file(path) as f:
+    from .io.simfile import open_sim_file
+    with open_sim_file(path) as f:
         if "za/disp" not in f:
             raise InputError(f"{path} has no za/disp: not a run-sim simulation file")
         shape = f["za/disp"].shape

@@ -62,7 +62,7 @@ def read_field(path, name):
         return f[name][...]
 
 
-def _open(path):
+def open_sim_file(path):
     """The open h5py file, or InputError naming why it cannot be read."""
     try:
         return h5py.File(path, "r")
@@ -75,7 +75,7 @@ def describe_sim_file(path, index=None):
     """What ``path`` is: (attrs, row), row None for a run-sim file or the position of
     simulation ``index`` in a campaign shard (whose parameters are added to attrs).
     Raises InputError (one line) for anything else, and for a shard without ``index``."""
-    with _open(path) as f:
+    with open_sim_file(path) as f:
         attrs = plain_attrs(f.attrs)
         missing = [k for k in ("nc", "box_size") if k not in attrs]
         if missing:
@@ -107,7 +107,7 @@ def read_positions(path, name, rank=0, size=1, row=None):
     ``rank`` of ``size`` (planes of i split evenly), (n, 3) float64 in Mpc/h wrapped into
     [0, box), and the file's attributes (plain dict). Raises InputError (one line) for a
     file that is not a simulation file, lacks the field or has another shape."""
-    with _open(path) as f:
+    with open_sim_file(path) as f:
         key = f"{name}/disp"
         if key not in f:
             raise InputError(f"{path} has no field '{name}' (has: "
