@@ -113,13 +113,14 @@ def _tiles(n, tile):
     return [(i, j, k) for i in range(0, n, tile) for j in range(0, n, tile) for k in range(0, n, tile)]
 
 
-def emulate_box(model, disp, scale, tile=None, margin=None, batch=8, device="cpu"):
+def emulate_box(model, disp, scale, tile=None, margin=None, batch=8, device="cpu", progress=None):
     """Predicted displacement (3, n, n, n) for the input displacement ``disp`` (3, n, n, n), Mpc/h.
 
     ``tile=None`` (or tile >= n) runs the whole box at once; otherwise tiles of ``tile``
     cells with ``margin`` cells of periodic context (default: the measured receptive
     radius rounded up to the network's downsampling factor). Tiling is refused
     (InputError) where it would not equal the whole box: see :func:`check_tiling`.
+    ``progress(done, total)`` is called after every batch of tiles.
     """
     disp = np.asarray(disp, dtype=np.float32)
     n = disp.shape[-1]
@@ -135,10 +136,10 @@ def emulate_box(model, disp, scale, tile=None, margin=None, batch=8, device="cpu
         with torch.no_grad():
             return (model(x[None].to(device))[0].cpu().numpy() * scale).astype(np.float32)
     margin = check_tiling(model, n, tile, margin, device=device)
-    return emulate_tiles(model, x, scale, tile, margin, batch, device)
+    return emulate_tiles(model, x, scale, tile, margin, batch, device, progress)
 
 
-def emulate_tiles(model, x, scale, tile, margin, batch=8, device="cpu"):
+def emulate_tiles(model, x, scale, tile, margin, batch=8, device="cpu", progress=None):
     """The tiled pass of :func:`emulate_box` on the normalised field ``x`` (3, n, n, n),
     without its checks (tests use it to show what a short margin or a GroupNorm does)."""
     n = x.shape[-1]
@@ -156,4 +157,6 @@ def emulate_tiles(model, x, scale, tile, margin, batch=8, device="cpu"):
             for (i, j, k), p in zip(group, pred):
                 core = p[:, margin:margin + tile, margin:margin + tile, margin:margin + tile]
                 out[:, i:i + tile, j:j + tile, k:k + tile] = core * scale
+            if progress is not None:
+                progress(min(b + batch, len(corners)), len(corners))
     return out

@@ -82,6 +82,21 @@ def test_emulate_command_on_a_run_sim_file(checkpoint, tmp_path):
         assert pred.shape == (3, 32, 32, 32) and f.attrs["nc"] == 32
         model, norm, _ = load_emulator(checkpoint)
         np.testing.assert_allclose(pred, emulate_box(model, g["za/disp"][...], norm["scale"]), atol=1e-4)
+        # the simulation's own fields ride along, so one file compares the emulator with them
+        for name in ("za", "lpt2", "fastpm"):
+            np.testing.assert_array_equal(f[f"{name}/disp"][...], g[f"{name}/disp"][...])
+        true = g["fastpm/disp"][...].astype(np.float64)
+        want = np.sqrt(((pred - true) ** 2).sum(axis=0)).mean() / np.sqrt((true ** 2).sum(axis=0)).mean()
+    errors = info["displacement_error_vs_fastpm"]
+    assert set(errors) == {"emulated", "lpt2", "za"} and errors["emulated"] == pytest.approx(want, rel=1e-5)
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith("emulate: 32^3 cells") and "8 tiles of 16^3" in lines[0], proc.stderr
+    assert lines[-1].startswith("emulate: 8/8 tiles"), proc.stderr
+    pk = tmp_path / "pk.json"
+    proc = subprocess.run([cosmonet_exe(), "power", out, "--field", "emulated", "--second", "fastpm",
+                           "--json", pk], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(pk.read_text())["field"] == "emulated"
 
 
 def test_checkpoint_errors_are_one_line(tmp_path):
