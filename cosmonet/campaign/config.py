@@ -34,7 +34,8 @@ class CampaignConfig(SimParams):
     train/val/test... (see :func:`resolve_splits`; after validation always counts);
     engine: "mpi" (default) or "torch" (:mod:`cosmonet.torchpm`; part of what the campaign
     is, a rerun may not change it); device: the torch engine's device (cuda, cpu, auto);
-    batch_size: simulations per torch batch (device and batch_size change only float
+    batch_size: simulations per torch batch; noise_workers: processes per rank drawing
+    the torch engine's white noise (device, batch_size and noise_workers change only float
     rounding, so a rerun may change them, like ranks_per_sim); out: output directory.
     """
 
@@ -49,6 +50,7 @@ class CampaignConfig(SimParams):
     engine: str = "mpi"
     device: str = "cuda"
     batch_size: int = 64
+    noise_workers: int = 1
     out: str = "out/campaign"
 
     def sim_fields(self):
@@ -90,11 +92,13 @@ class CampaignConfig(SimParams):
 
 #: the simulation keys, checked by SimParams (one place for their rules)
 SIM_KEYS = tuple(f.name for f in fields(SimParams))
-_INT_KEYS = ("n_sims", "nc", "steps", "seed", "ranks_per_sim", "shard_size", "density_nmesh", "batch_size")
+_INT_KEYS = ("n_sims", "nc", "steps", "seed", "ranks_per_sim", "shard_size", "density_nmesh", "batch_size",
+             "noise_workers")
 _FLOAT_KEYS = ("box", "boost", "a_start", "a_final")
 #: the YAML keys, in the order campaign.yaml stores them
 _KEYS = ("n_sims",) + SIM_KEYS + ("seed", "cosmology", "ranks_per_sim", "shard_size", "fields", "density_nmesh",
-                                  "splits", "engine", "device", "batch_size", "out")
+                                  "splits", "engine", "device", "batch_size", "noise_workers",
+                                  "out")
 
 
 def _fail(key, msg):

@@ -256,7 +256,7 @@ def config_yaml(cfg):
 
 #: keys that may change between runs of one campaign (they change its contents at most by
 #: float rounding)
-RESUMABLE_WITH_OTHER = ("ranks_per_sim", "device", "batch_size")
+RESUMABLE_WITH_OTHER = ("ranks_per_sim", "device", "batch_size", "noise_workers")
 #: values of keys that a campaign.yaml written before the key existed means
 ABSENT_MEANS = {"engine": "mpi"}
 

@@ -5,7 +5,9 @@ node (``cuda:{local_rank % device_count}``) or the CPU. Ranks take shards from t
 dynamic queue as the MPI engine (:class:`cosmonet.campaign.runner._Counters`), run a
 shard's simulations in batches of ``batch_size`` boxes through
 :func:`cosmonet.torchpm.simulate.run_batch` (per-box seeds and cosmologies from the plan),
-and write the same shards, records, manifest, progress lines and summary. The shards are
+and write the same shards, records, manifest, progress lines and summary. The white
+noise of a batch is drawn on the host, in ``noise_workers`` processes per rank (milliseconds
+of Python per 32^3 box: more than the GPU takes to simulate it). The shards are
 those of the MPI engine to float32 rounding (about 1e-5 Mpc/h in displacement).
 """
 import os
@@ -116,7 +118,7 @@ def run_torch_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
                 first = batch_specs[0]
                 out = run_batch(cfg.sim_config(first.seed, first.cosmology), [s.seed for s in batch_specs],
                                 cosmologies=[s.cosmology for s in batch_specs], device=device, fields=want,
-                                density_nmesh=density_nmesh)
+                                density_nmesh=density_nmesh, noise_workers=cfg.noise_workers)
                 t1 = time.perf_counter()
                 for b, k in enumerate(batch):
                     writer.add(k, batch_specs[b], {name: out[name][b] for name in cfg.fields})
