@@ -219,3 +219,22 @@ def test_campaign_yaml_without_engine_resumes_as_mpi(tmp_path):
     msg = _error(store.prepare_directory, validate(dict(CONFIG, out=str(tmp_path), engine="torch")))
     assert "may not mix engines" in msg and "engine mpi, not torch" in msg
     assert yaml.safe_load(path.read_text()) == old                       # never rewritten
+
+
+def test_out_of_device_memory_names_batch_size_and_leaves_no_shard(tmp_path, monkeypatch):
+    """A batch that does not fit: an error naming batch_size, no shard, no temporary."""
+    import torch
+    from mpi4py import MPI
+
+    import cosmonet.torchpm.simulate as simulate
+    from cosmonet.campaign.runner import prepare_directory, run_campaign
+
+    def too_big(*args, **kw):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
+
+    monkeypatch.setattr(simulate, "run_batch", too_big)
+    cfg = validate(dict(CONFIG, engine="torch", device="cpu", out=str(tmp_path)))
+    prepare_directory(cfg)
+    with pytest.raises(RuntimeError, match="lower batch_size"):
+        run_campaign(cfg, MPI.COMM_WORLD, show_progress=False)
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == []

@@ -73,6 +73,8 @@ def _batches(indices, size):
 def run_torch_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
     """Run (or resume) the torch-engine campaign ``cfg`` on ``comm``; returns the summary
     (rank 0) or None. Shards, records and manifest as :func:`cosmonet.campaign.runner.run_campaign`."""
+    import torch
+
     from ..torchpm.simulate import run_batch
 
     t_start = time.perf_counter()
@@ -116,9 +118,13 @@ def run_torch_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
                 batch_specs = [specs[indices[k]] for k in batch]
                 t0 = time.perf_counter()
                 first = batch_specs[0]
-                out = run_batch(cfg.sim_config(first.seed, first.cosmology), [s.seed for s in batch_specs],
-                                cosmologies=[s.cosmology for s in batch_specs], device=device, fields=want,
-                                density_nmesh=density_nmesh, noise_workers=cfg.noise_workers)
+                try:
+                    out = run_batch(cfg.sim_config(first.seed, first.cosmology), [s.seed for s in batch_specs],
+                                    cosmologies=[s.cosmology for s in batch_specs], device=device, fields=want,
+                                    density_nmesh=density_nmesh, noise_workers=cfg.noise_workers)
+                except torch.cuda.OutOfMemoryError as exc:
+                    raise RuntimeError(f"a batch of {len(batch)} simulations does not fit in the memory of "
+                                       f"{device}: lower batch_size (a rerun keeps the finished shards)") from exc
                 t1 = time.perf_counter()
                 for b, k in enumerate(batch):
                     writer.add(k, batch_specs[b], {name: out[name][b] for name in cfg.fields})
