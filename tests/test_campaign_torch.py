@@ -238,3 +238,24 @@ def test_out_of_device_memory_names_batch_size_and_leaves_no_shard(tmp_path, mon
     with pytest.raises(RuntimeError, match="lower batch_size"):
         run_campaign(cfg, MPI.COMM_WORLD, show_progress=False)
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == []
+
+
+def test_each_rank_takes_the_gpu_of_its_local_rank(monkeypatch):
+    import torch
+    from mpi4py import MPI
+
+    from cosmonet.campaign.torch_runner import LOCAL_RANK_VARS, local_rank, rank_device
+    for var in LOCAL_RANK_VARS:
+        monkeypatch.delenv(var, raising=False)
+    assert local_rank(MPI.COMM_SELF) == 0                       # the shared-memory split
+    monkeypatch.setenv("SLURM_LOCALID", "6")
+    assert local_rank(MPI.COMM_SELF) == 6
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "5")
+    assert local_rank(MPI.COMM_SELF) == 5
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert [rank_device("cuda", r) for r in (0, 3, 5)] == ["cuda:0", "cuda:3", "cuda:1"]
+    assert (rank_device("auto", 2), rank_device("cpu", 2)) == ("cuda:2", "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert rank_device("auto", 2) == "cpu"
+    assert "CUDA is not available" in _error(rank_device, "cuda", 0)
