@@ -14,6 +14,11 @@ from ..yamlconfig import apply_overrides, load_yaml
 #: dataset names a campaign can store (see docs/data-format.md)
 FIELD_NAMES = ("za/disp", "lpt2/disp", "fastpm/disp", "za/vel", "lpt2/vel", "fastpm/vel", "density")
 COSMOLOGY_MODES = ("list", "grid", "lhs")
+#: the simulation engines: the MPI particle mesh (cosmonet.sim) and the batched torch one
+ENGINES = ("mpi", "torch")
+#: devices of the torch engine: cuda (each rank the GPU of its local rank), cpu, or auto
+#: (cuda when torch sees a GPU, else cpu)
+DEVICES = ("cuda", "cpu", "auto")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,7 +32,11 @@ class CampaignConfig(SimParams):
     fields: datasets to store; density_nmesh: mesh of the "density" field (default nc);
     splits: optional {name: count} or {name: fraction} assigning consecutive indices to
     train/val/test... (see :func:`resolve_splits`; after validation always counts);
-    out: output directory.
+    engine: "mpi" (default) or "torch" (:mod:`cosmonet.torchpm`; part of what the campaign
+    is, a rerun may not change it); device: the torch engine's device (cuda, cpu, auto);
+    batch_size: simulations per torch batch; noise_workers: processes per rank drawing
+    the torch engine's white noise (device, batch_size and noise_workers change only float
+    rounding, so a rerun may change them, like ranks_per_sim); out: output directory.
     """
 
     n_sims: int
@@ -38,6 +47,10 @@ class CampaignConfig(SimParams):
     fields: tuple = ("za/disp", "lpt2/disp", "fastpm/disp", "fastpm/vel")
     density_nmesh: int = 0
     splits: dict = field(default_factory=dict)
+    engine: str = "mpi"
+    device: str = "cuda"
+    batch_size: int = 64
+    noise_workers: int = 1
     out: str = "out/campaign"
 
     def sim_fields(self):
@@ -79,11 +92,13 @@ class CampaignConfig(SimParams):
 
 #: the simulation keys, checked by SimParams (one place for their rules)
 SIM_KEYS = tuple(f.name for f in fields(SimParams))
-_INT_KEYS = ("n_sims", "nc", "steps", "seed", "ranks_per_sim", "shard_size", "density_nmesh")
+_INT_KEYS = ("n_sims", "nc", "steps", "seed", "ranks_per_sim", "shard_size", "density_nmesh", "batch_size",
+             "noise_workers")
 _FLOAT_KEYS = ("box", "boost", "a_start", "a_final")
 #: the YAML keys, in the order campaign.yaml stores them
 _KEYS = ("n_sims",) + SIM_KEYS + ("seed", "cosmology", "ranks_per_sim", "shard_size", "fields", "density_nmesh",
-                                  "splits", "out")
+                                  "splits", "engine", "device", "batch_size", "noise_workers",
+                                  "out")
 
 
 def _fail(key, msg):
@@ -155,6 +170,30 @@ def _check_cosmology(spec):
     return cosmology_plan_size(spec)
 
 
+def _check_engine(cfg):
+    """engine, device, batch_size (what does not need torch: see :func:`check_engine_available`)."""
+    if cfg.engine not in ENGINES:
+        _fail("engine", f"must be one of {', '.join(ENGINES)} (got {cfg.engine!r})")
+    if cfg.device not in DEVICES:
+        _fail("device", f"must be one of {', '.join(DEVICES)} (got {cfg.device!r}); under mpirun/srun "
+                        f"each rank takes the GPU of its local rank")
+    if cfg.engine == "torch" and cfg.ranks_per_sim != 1:
+        _fail("ranks_per_sim", f"must be 1 with engine torch (each rank runs whole boxes on its own "
+                               f"device; got {cfg.ranks_per_sim})")
+
+
+def check_engine_available(cfg):
+    """Raise InputError when the campaign's engine cannot run here: engine torch with
+    device cuda and no CUDA device visible to torch. Called before the output directory
+    is made (not by :func:`validate`: ``verify`` reads a GPU campaign on any machine)."""
+    if cfg.engine != "torch" or cfg.device != "cuda":
+        return
+    import torch
+    if not torch.cuda.is_available():
+        raise InputError(f"config: device cuda requested for engine torch but CUDA is not available "
+                         f"(torch {torch.__version__}); use --set device=cpu or device=auto")
+
+
 def validate(raw):
     """A :class:`CampaignConfig` from a plain dict; raises InputError naming the field."""
     if not isinstance(raw, dict):
@@ -188,6 +227,7 @@ def validate(raw):
     if not isinstance(cfg.out, str) or not cfg.out:
         _fail("out", f"must be a directory path (got {cfg.out!r})")
     _check_cosmology(cfg.cosmology)
+    _check_engine(cfg)
     object.__setattr__(cfg, "fields", tuple(cfg.fields))
     if cfg.density_nmesh == 0:
         object.__setattr__(cfg, "density_nmesh", cfg.nc)

@@ -17,7 +17,15 @@ from ..mesh import clear_mesh_cache
 from ..sim.simulation import density_contrast, gather_fields, run_simulation
 from . import store as shardio
 from .plan import plan
-from .store import config_yaml, prepare_directory  # noqa: F401  (the CLI's entry points)
+from .store import config_yaml  # noqa: F401  (the CLI's entry points)
+
+
+def prepare_directory(cfg):
+    """Check that the campaign's engine can run here (torch on cuda: a GPU is visible),
+    then create or check its directory (:func:`cosmonet.campaign.store.prepare_directory`)."""
+    from .config import check_engine_available
+    check_engine_available(cfg)
+    shardio.prepare_directory(cfg)
 
 
 class _Counters:
@@ -56,6 +64,9 @@ def _fmt_eta(seconds):
 
 def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
     """Run (or resume) the campaign ``cfg`` on ``comm``; returns the summary (rank 0) or None."""
+    if cfg.engine == "torch":        # each rank its own group, batches on its device
+        from .torch_runner import run_torch_campaign
+        return run_torch_campaign(cfg, comm, show_progress=show_progress, stream=stream)
     t_start = time.perf_counter()
     rps = cfg.ranks_per_sim
     if comm.size % rps:

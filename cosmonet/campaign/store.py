@@ -254,8 +254,11 @@ def config_yaml(cfg):
     return yaml.safe_dump(d, sort_keys=False)
 
 
-#: keys that may change between runs of one campaign (they do not change its contents)
-RESUMABLE_WITH_OTHER = ("ranks_per_sim",)
+#: keys that may change between runs of one campaign (they change its contents at most by
+#: float rounding)
+RESUMABLE_WITH_OTHER = ("ranks_per_sim", "device", "batch_size", "noise_workers")
+#: values of keys that a campaign.yaml written before the key existed means
+ABSENT_MEANS = {"engine": "mpi"}
 
 
 def prepare_directory(cfg):
@@ -274,6 +277,10 @@ def prepare_directory(cfg):
         new = yaml.safe_load(text)
         if not isinstance(old, dict):
             raise InputError(f"config: out {cfg.out} holds an unreadable {CONFIG_COPY}")
+        old = {**ABSENT_MEANS, **old}
+        if old["engine"] != new["engine"]:
+            raise InputError(f"config: out {cfg.out} holds a campaign of engine {old['engine']}, not "
+                             f"{new['engine']}: a campaign may not mix engines; use a new out directory")
         for key in new:
             if key not in RESUMABLE_WITH_OTHER and old.get(key) != new[key]:
                 raise InputError(f"config: out {cfg.out} holds a campaign with another {key} "
