@@ -281,10 +281,19 @@ def _campaign_resources(cfg, comm):
     rps = cfg.ranks_per_sim
     leader = comm.rank % rps == 0
     force = int(round(cfg.boost * cfg.nc))
-    per_rank = BASE + simulation_bytes(cfg.nc, force) // rps + (gather_bytes(cfg.nc, cfg.density_nmesh)
-                                                                if leader else 0)
-    check_node_memory(comm, per_rank, 0, f"simulate: nc {cfg.nc} (force mesh {force}^3, {rps} rank(s) "
-                                         f"per simulation)")
+    if cfg.engine == "torch":
+        # a batch of whole boxes per rank: its outputs (and noise) on the host, and the whole
+        # simulation state too when the device is the CPU (a GPU's memory is checked there)
+        on_host = cfg.device == "cpu" or (cfg.device == "auto" and not _cuda_available())
+        per_box = gather_bytes(cfg.nc, cfg.density_nmesh) + (simulation_bytes(cfg.nc, force) if on_host else 0)
+        check_node_memory(comm, BASE + cfg.batch_size * per_box, 0,
+                          f"simulate: batch_size {cfg.batch_size} boxes of nc {cfg.nc} (force mesh {force}^3) "
+                          f"per rank on {'the host' if on_host else 'the host side of the GPU engine'}")
+    else:
+        per_rank = BASE + simulation_bytes(cfg.nc, force) // rps + (gather_bytes(cfg.nc, cfg.density_nmesh)
+                                                                    if leader else 0)
+        check_node_memory(comm, per_rank, 0, f"simulate: nc {cfg.nc} (force mesh {force}^3, {rps} rank(s) "
+                                             f"per simulation)")
 
     def disk():
         done = 0
@@ -295,6 +304,11 @@ def _campaign_resources(cfg, comm):
         check_disk(campaign_disk_bytes(cfg, left), cfg.out,
                    f"simulate: {left} simulations of {cfg.nc}^3 ({', '.join(cfg.fields)})")
     _collective_check(comm, disk)
+
+
+def _cuda_available():
+    import torch
+    return torch.cuda.is_available()
 
 
 def _campaign_has_shards(path):
