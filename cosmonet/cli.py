@@ -476,7 +476,8 @@ def _evaluate_d3m(args, cfg, model, norm):
     d = cfg["data"]
     test = ShardDataset(d["root"], split=d["test_split"], fields=("za/disp", "lpt2/disp", d["target"]))
     report, slices = evaluate_d3m(model, test, norm["scale"], max_boxes=args.max_boxes)
-    report["checkpoint"] = os.path.abspath(args.checkpoint)
+    from .train.checkpoint import resolve_checkpoint
+    report["checkpoint"] = os.path.abspath(resolve_checkpoint(args.checkpoint))
     write_json(args.json, report)
     plots = plot_report(report, slices, args.plots) if args.plots else []
     print(json.dumps({"json": args.json, "plots": plots, "displacement_error": report["displacement_error"]}))
@@ -552,6 +553,7 @@ def cmd_emulate(args):
         raise InputError(f"emulate: --tile {args.tile} does not divide the box of {n} cells")
     from .emulate import check_tiling, emulate_box, load_emulator
     from .probes.command import check_emulator
+    from .train.checkpoint import resolve_checkpoint
     model, norm, state = load_emulator(args.checkpoint)
     check_emulator(state, args.checkpoint)
     margin = args.margin
@@ -594,7 +596,7 @@ def cmd_emulate(args):
     with atomic_path(args.out) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs.update(attrs)
-            f.attrs["checkpoint"] = os.path.abspath(args.checkpoint)
+            f.attrs["checkpoint"] = os.path.abspath(resolve_checkpoint(args.checkpoint))
             f.attrs["emulated_from"] = os.path.abspath(args.input)
             ds = f.create_dataset("emulated/disp", data=pred)
             ds.attrs["units"] = "Mpc/h"
