@@ -14,7 +14,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from cosmonet.data import (Compose, FieldNormalizer, RandomCubeSymmetry, ShardDataset, all_symmetries,
+from cosmonet.data import (Compose, EpochItems, FieldNormalizer, RandomCubeSymmetry, ShardDataset, all_symmetries,
                            apply_symmetry, compose, estimate, identity, inverse, symmetry_matrix,
                            vector_flags)
 from cosmonet.errors import InputError
@@ -184,6 +184,27 @@ def test_seeded_augmentation_independent_of_workers(campaign):
     assert len(drawn) > 1                    # not always the same symmetry
     ds.set_epoch(1)
     assert [aug.draw(ds.rng(i)) for i in range(6)] != [aug.draw(np.random.default_rng([7, 0, i])) for i in range(6)]
+
+
+def test_training_items_draw_per_seed_epoch_and_position(campaign):
+    """What the trainer reads (EpochItems over a ShardDataset with symmetry then normaliser):
+    item epoch * n + i is sample i divided by its scale under the symmetry drawn from
+    default_rng([seed, epoch, i]), exactly (the draws of the trainer before the one pipeline)."""
+    fields = ("za/disp", "density")
+    norm = FieldNormalizer({"za/disp": 6.0, "density": 2.0})
+    ds = ShardDataset(campaign, split="train", fields=fields, seed=7,
+                      transform=Compose(RandomCubeSymmetry.for_fields(fields), norm))
+    raw = ShardDataset(campaign, split="train", fields=fields)
+    items, n, drawn = EpochItems(ds), len(ds), set()
+    for epoch in (0, 3):
+        for i in range(n):
+            x, d, j = items[epoch * n + i]
+            perm, flips = all_symmetries()[int(np.random.default_rng([7, epoch, i]).integers(48))]
+            drawn.add((perm, flips))
+            assert j == i
+            assert torch.equal(x, apply_symmetry(raw[i][0] / 6.0, perm, flips, vector=True))
+            assert torch.equal(d, apply_symmetry(raw[i][1] / 2.0, perm, flips, vector=False))
+    assert len(drawn) > 1
 
 
 def test_unseeded_augmentation_in_workers_reproducible_with_loader_seed(campaign):

@@ -8,7 +8,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 
 from ..errors import InputError
-from ..sim.simulation import SimParams
+from ..sim.simulation import SimConfig, SimParams
 from ..yamlconfig import apply_overrides, load_yaml
 
 #: dataset names a campaign can store (see docs/data-format.md)
@@ -61,7 +61,6 @@ class CampaignConfig(SimParams):
     def sim_config(self, seed, cosmology=None):
         """The :class:`~cosmonet.sim.simulation.SimConfig` of one planned simulation
         (``cosmology`` None: SimConfig's default, planck15)."""
-        from ..sim.simulation import SimConfig
         extra = {} if cosmology is None else {"cosmology": cosmology}
         return SimConfig(seed=seed, **self.sim_fields(), **extra)
 

@@ -75,13 +75,7 @@ def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
     leader = group.rank == 0
     specs = plan(cfg)
 
-    # which shards are already complete: each rank hashes a share of them
-    mine = [s for s in range(cfg.n_shards) if s % comm.size == comm.rank]
-    status = {s: shardio.check_shard(cfg.out, s, cfg) for s in mine}
-    status = {k: v for part in comm.allgather(status) for k, v in part.items()}
-    pending = [s for s in range(cfg.n_shards) if status[s] != "ok"]
-    corrupt = [s for s in pending if status[s] == "corrupt"]
-    done_before = sum(len(cfg.shard_indices(s)) for s in range(cfg.n_shards) if status[s] == "ok")
+    pending, corrupt, done_before = _shard_status(cfg, comm)
     to_do = cfg.n_sims - done_before
     if comm.rank == 0 and show_progress:
         print(f"simulate: {cfg.n_sims} simulations in {cfg.n_shards} shards; {done_before} already done"
@@ -89,9 +83,6 @@ def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
               + f"; {comm.size} ranks in {comm.size // rps} groups of {rps}", file=stream, flush=True)
 
     counters = _Counters(comm)
-    needed = set(cfg.fields) - {"density"}
-    if "density" in cfg.fields:
-        needed.add("fastpm/disp")
     t_sim = t_io = 0.0
     n_mine = 0
     last_print = 0.0
@@ -107,14 +98,9 @@ def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
             for k, index in enumerate(cfg.shard_indices(shard)):
                 spec = specs[index]
                 t0 = time.perf_counter()
-                sim_cfg = cfg.sim_config(spec.seed, spec.cosmology)
-                result = run_simulation(sim_cfg, group, fields=needed)
+                result = run_simulation(cfg.sim_config(spec.seed, spec.cosmology), group, fields=_needed(cfg))
                 t1 = time.perf_counter()
-                full = gather_fields(result)
-                if "density" in cfg.fields:
-                    delta = density_contrast(result, cfg.density_nmesh)
-                    if leader:
-                        full["density"] = delta
+                full = _gather(cfg, result)
                 if leader:
                     writer.add(k, spec, full)
                     done = counters.add(1) + 1
@@ -144,6 +130,45 @@ def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
     group.Free()
     if comm.rank != 0:
         return None
+    summary = _finish(cfg, comm.size, totals, wall, done_now, done_before)
+    if show_progress:
+        print(f"simulate: {cfg.n_sims}/{cfg.n_sims} done in {wall:.1f} s", file=stream, flush=True)
+    return summary
+
+
+def _shard_status(cfg, comm):
+    """(pending shards, corrupt shards, simulations already done): each rank hashes a share
+    of the shards, and all learn every status."""
+    mine = [s for s in range(cfg.n_shards) if s % comm.size == comm.rank]
+    status = {s: shardio.check_shard(cfg.out, s, cfg) for s in mine}
+    status = {k: v for part in comm.allgather(status) for k, v in part.items()}
+    pending = [s for s in range(cfg.n_shards) if status[s] != "ok"]
+    corrupt = [s for s in pending if status[s] == "corrupt"]
+    done_before = sum(len(cfg.shard_indices(s)) for s in range(cfg.n_shards) if status[s] == "ok")
+    return pending, corrupt, done_before
+
+
+def _needed(cfg):
+    """The simulation outputs the stored fields need (density is painted from fastpm/disp)."""
+    needed = set(cfg.fields) - {"density"}
+    if "density" in cfg.fields:
+        needed.add("fastpm/disp")
+    return needed
+
+
+def _gather(cfg, result):
+    """The stored fields of one simulation, full arrays on the group leader ({} elsewhere). Collective."""
+    full = gather_fields(result)
+    if "density" in cfg.fields:
+        delta = density_contrast(result, cfg.density_nmesh)
+        if result.pm.comm.rank == 0:
+            full["density"] = delta
+    return full
+
+
+def _finish(cfg, n_ranks, totals, wall, done_now, done_before):
+    """Rank 0, after the run: the manifest from every shard's record, and the summary."""
+    rps = cfg.ranks_per_sim
     records = [shardio.read_record(cfg.out, s) for s in range(cfg.n_shards)]
     missing = [s for s, r in enumerate(records) if r is None]
     if missing:
@@ -151,12 +176,10 @@ def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
     shardio.write_manifest(cfg.out, cfg, records)
     t_sim, t_io, _ = totals
     summary = {"out": cfg.out, "n_sims": cfg.n_sims, "simulated_this_run": done_now,
-               "already_done": done_before, "ranks": comm.size, "ranks_per_sim": rps,
+               "already_done": done_before, "ranks": n_ranks, "ranks_per_sim": rps,
                "wall_seconds": round(wall, 3),
-               "sims_per_second_per_rank": round(done_now / wall / comm.size, 4) if wall > 0 else None,
+               "sims_per_second_per_rank": round(done_now / wall / n_ranks, 4) if wall > 0 else None,
                "simulation_seconds": round(float(t_sim) / rps, 3),
                "io_seconds": round(float(t_io) / rps, 3),
                "overhead_fraction": round(float(t_io) / float(t_sim), 4) if t_sim > 0 else None}
-    if show_progress:
-        print(f"simulate: {cfg.n_sims}/{cfg.n_sims} done in {wall:.1f} s", file=stream, flush=True)
     return summary

@@ -34,6 +34,107 @@ def _decode(b):
     return b.decode() if isinstance(b, bytes) else str(b)
 
 
+def _check_fields(fields):
+    fields = (fields,) if isinstance(fields, str) else tuple(fields)
+    if not fields or not all(isinstance(f, str) and f for f in fields):
+        raise InputError(f"fields must be a non-empty list of dataset names (got {fields!r})")
+    if len(set(fields)) != len(fields):
+        raise InputError(f"fields lists a field twice ({', '.join(fields)})")
+    return fields
+
+
+def _select(cfg, root, split, indices):
+    """(campaign indices, split name or None) of the simulations a dataset holds."""
+    yaml_path = os.path.join(root, shardio.CONFIG_COPY)
+    n_sims, splits = cfg.n_sims, cfg.splits
+    if indices is not None:
+        try:
+            sel = [operator.index(i) for i in indices]
+        except TypeError:
+            raise InputError(f"indices must be integers (got {indices!r})") from None
+        bad = [i for i in sel if not 0 <= i < n_sims]
+        if bad:
+            _fail(f"{yaml_path}: simulation index {bad[0]} is out of range (n_sims = {n_sims})")
+        if not sel:
+            _fail(f"{root}: empty selection (indices=[])")
+        return sel, None
+    if split is None:
+        return list(range(n_sims)), None
+    if split not in splits:
+        known = f"splits: {', '.join(splits)}" if splits else "it defines no splits; use split=None"
+        _fail(f"{yaml_path}: no split {split!r} ({known})")
+    sel = shardio.split_indices(cfg, split)
+    if not sel:
+        _fail(f"{yaml_path}: split {split!r} selects no simulations (its count is 0)")
+    return sel, split
+
+
+def _shard_of(cfg, root, records, sel):
+    """{campaign index: shard} for the selected simulations; InputError naming a missing shard."""
+    if not records:
+        _fail(f"{root} holds no shards (no {shardio.MANIFEST} and no "
+              f"{shardio.SHARD_DIR}/shard_*.json)")
+    spans = sorted((lo, hi, shard) for shard, (lo, hi, _, _) in records.items())
+    shard_of = {}
+    for i in sorted(set(sel)):
+        hit = [s for lo, hi, s in spans if lo <= i < hi]
+        if not hit:
+            _fail(f"{shardio.shard_path(root, i // cfg.shard_size)} is missing: simulation {i} is in no "
+                  f"shard record (run cosmonet simulate again to finish the campaign)")
+        shard_of[i] = hit[0]
+    return shard_of
+
+
+def _read_shard(path, where, fields):
+    """Check a shard's fields and read its attributes and params table (file closed again)."""
+    if not os.path.exists(path):
+        _fail(f"shard file {path} is missing (listed in {where})")
+    try:
+        fh = h5py.File(path, "r")
+    except OSError:
+        _fail(f"{path} is not a readable HDF5 shard")
+    with fh:
+        for name in fields:
+            ds = fh.get(name)
+            if not isinstance(ds, h5py.Dataset):
+                have = _present_fields(fh)
+                _fail(f"field {name!r} is not in {path} (it has: {', '.join(have) or 'no fields'})")
+            if ds.ndim != 5:
+                _fail(f"field {name!r} in {path} has shape {ds.shape}, expected (n, C, n, n, n)")
+        try:
+            nc, box = int(fh.attrs["nc"]), float(fh.attrs["box_size"])
+            table = fh["params"]
+            return {"path": path, "nc": nc, "box": box,
+                    "index": table["index"][...], "seed": table["seed"][...], "split": table["split"][...],
+                    "cosmo": {c: table[c][...] for c in shardio.PARAM_COLUMNS if c in table},
+                    "shapes": {name: tuple(fh[name].shape[1:]) for name in fields}}
+        except KeyError as exc:
+            _fail(f"{path} is not a campaign shard (no {exc.args[0] if exc.args else 'params'})")
+
+
+def _check_alike(first, table, fields):
+    """The first shard's table; InputError when ``table`` differs from it in nc, box or shapes."""
+    if first is None:
+        return table
+    if (table["nc"], table["box"]) != (first["nc"], first["box"]) or table["shapes"] != first["shapes"]:
+        fp, shapes, fshapes = first["path"], table["shapes"], first["shapes"]
+        diff = next((n for n in fields if shapes[n] != fshapes[n]), None)
+        detail = (f"field {diff!r} has shape {shapes[diff]} there, {fshapes[diff]} in {fp}"
+                  if (table["nc"], table["box"]) == (first["nc"], first["box"]) else
+                  f"nc={table['nc']}, box_size={table['box']:g} there, nc={first['nc']}, "
+                  f"box_size={first['box']:g} in {fp}")
+        _fail(f"mismatched shards: {table['path']} differs from {fp} ({detail})")
+    return first
+
+
+def _sample_info(table, k, i, shard):
+    info = {"index": i, "seed": int(table["seed"][k]), "split": _decode(table["split"][k]), "shard": shard}
+    for c in shardio.PARAM_COLUMNS:
+        v = float(table["cosmo"][c][k]) if c in table["cosmo"] else math.nan
+        info[c] = None if math.isnan(v) else v
+    return info
+
+
 class ShardDataset(torch.utils.data.Dataset):
     """Simulations of a campaign as tuples of float32 tensors, one ``(C, n, n, n)`` per field.
 
@@ -63,116 +164,27 @@ class ShardDataset(torch.utils.data.Dataset):
                  transform=None, seed=None, max_open_files=8):
         root = os.fspath(root)
         self.root = root
-        yaml_path = os.path.join(root, shardio.CONFIG_COPY)
         self.config = shardio.read_config(root)
-        n_sims = self.config.n_sims
-        splits = self.config.splits
-
-        if isinstance(fields, str):
-            fields = (fields,)
-        fields = tuple(fields)
-        if not fields or not all(isinstance(f, str) and f for f in fields):
-            raise InputError(f"fields must be a non-empty list of dataset names (got {fields!r})")
-        if len(set(fields)) != len(fields):
-            raise InputError(f"fields lists a field twice ({', '.join(fields)})")
-        self.fields = fields
-        self.vector = vector_flags(fields)
-
-        # --- which simulations
-        if indices is not None:
-            try:
-                sel = [operator.index(i) for i in indices]
-            except TypeError:
-                raise InputError(f"indices must be integers (got {indices!r})") from None
-            bad = [i for i in sel if not 0 <= i < n_sims]
-            if bad:
-                _fail(f"{yaml_path}: simulation index {bad[0]} is out of range (n_sims = {n_sims})")
-            if not sel:
-                _fail(f"{root}: empty selection (indices=[])")
-            self.split = None
-        elif split is None:
-            sel = list(range(n_sims))
-            self.split = None
-        else:
-            if split not in splits:
-                known = f"splits: {', '.join(splits)}" if splits else "it defines no splits; use split=None"
-                _fail(f"{yaml_path}: no split {split!r} ({known})")
-            sel = shardio.split_indices(self.config, split)
-            if not sel:
-                _fail(f"{yaml_path}: split {split!r} selects no simulations (its count is 0)")
-            self.split = split
+        self.fields = _check_fields(fields)
+        self.vector = vector_flags(self.fields)
+        sel, self.split = _select(self.config, root, split, indices)
         self.indices = tuple(sel)
-
-        # --- where they are
         records = shardio.read_records(root)
-        if not records:
-            _fail(f"{root} holds no shards (no {shardio.MANIFEST} and no "
-                  f"{shardio.SHARD_DIR}/shard_*.json)")
-        spans = sorted((lo, hi, shard) for shard, (lo, hi, _, _) in records.items())
-        shard_of = {}
-        shard_size = self.config.shard_size
-        for i in sorted(set(sel)):
-            hit = [s for lo, hi, s in spans if lo <= i < hi]
-            if not hit:
-                s = i // shard_size if isinstance(shard_size, int) and shard_size > 0 else None
-                what = shardio.shard_path(root, s) if s is not None else "its shard"
-                _fail(f"{what} is missing: simulation {i} is in no shard record "
-                      f"(run cosmonet simulate again to finish the campaign)")
-            shard_of[i] = hit[0]
-
-        # --- check the shards and read their params tables (files closed again)
-        pos_of, info_of = {}, {}
-        first = None            # (path, nc, box_size, shapes)
+        shard_of = _shard_of(self.config, root, records, sel)
+        pos_of, info_of, first = {}, {}, None
         for shard in sorted(set(shard_of.values())):
             lo, hi, path, where = records[shard]
-            if not os.path.exists(path):
-                _fail(f"shard file {path} is missing (listed in {where})")
-            try:
-                fh = h5py.File(path, "r")
-            except OSError:
-                _fail(f"{path} is not a readable HDF5 shard")
-            with fh:
-                for name in fields:
-                    ds = fh.get(name)
-                    if not isinstance(ds, h5py.Dataset):
-                        have = _present_fields(fh)
-                        _fail(f"field {name!r} is not in {path} (it has: {', '.join(have) or 'no fields'})")
-                    if ds.ndim != 5:
-                        _fail(f"field {name!r} in {path} has shape {ds.shape}, expected (n, C, n, n, n)")
-                try:
-                    nc, box = int(fh.attrs["nc"]), float(fh.attrs["box_size"])
-                    table = fh["params"]
-                    index = table["index"][...]
-                    seeds = table["seed"][...]
-                    splt = table["split"][...]
-                    cosmo = {c: table[c][...] for c in shardio.PARAM_COLUMNS if c in table}
-                except KeyError as exc:
-                    _fail(f"{path} is not a campaign shard (no {exc.args[0] if exc.args else 'params'})")
-                shapes = {name: tuple(fh[name].shape[1:]) for name in fields}
-            if first is None:
-                first = (path, nc, box, shapes)
-            elif (nc, box) != first[1:3] or shapes != first[3]:
-                fp, fnc, fbox, fshapes = first
-                diff = next((n for n in fields if shapes[n] != fshapes[n]), None)
-                detail = (f"field {diff!r} has shape {shapes[diff]} there, {fshapes[diff]} in {fp}"
-                          if (nc, box) == (fnc, fbox) else
-                          f"nc={nc}, box_size={box:g} there, nc={fnc}, box_size={fbox:g} in {fp}")
-                _fail(f"mismatched shards: {path} differs from {fp} ({detail})")
-            row = {int(v): k for k, v in enumerate(index)}
+            table = _read_shard(path, where, self.fields)
+            first = _check_alike(first, table, self.fields)
+            row = {int(v): k for k, v in enumerate(table["index"])}
             for i in (i for i, s in shard_of.items() if s == shard):
                 if i not in row:
                     _fail(f"{path} does not hold simulation {i} (its params/index: "
-                          f"{', '.join(map(str, index.tolist()))})")
-                k = row[i]
-                pos_of[i] = (path, k)
-                info = {"index": i, "seed": int(seeds[k]), "split": _decode(splt[k]), "shard": shard}
-                for c in shardio.PARAM_COLUMNS:
-                    v = float(cosmo[c][k]) if c in cosmo else math.nan
-                    info[c] = None if math.isnan(v) else v
-                info_of[i] = info
-
-        self.nc, self.box_size = first[1], first[2]
-        self.field_shapes = dict(first[3])
+                          f"{', '.join(map(str, table['index'].tolist()))})")
+                pos_of[i] = (path, row[i])
+                info_of[i] = _sample_info(table, row[i], i, shard)
+        self.nc, self.box_size = first["nc"], first["box"]
+        self.field_shapes = dict(first["shapes"])
         self._locs = [pos_of[i] for i in sel]
         self._info = [info_of[i] for i in sel]
         self.transform = transform

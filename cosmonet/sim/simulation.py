@@ -44,14 +44,13 @@ class SimParams:
     a_final: float = 1.0
 
     def __post_init__(self):
-        need = _need
-        need(isinstance(self.nc, (int, np.integer)) and self.nc >= 2, f"nc must be an integer >= 2 (got {self.nc})")
-        need(np.isfinite(self.box) and self.box > 0, f"box must be > 0 Mpc/h (got {self.box})")
-        need(isinstance(self.steps, (int, np.integer)) and self.steps >= 1, f"steps must be an integer >= 1 (got {self.steps})")
-        need(np.isfinite(self.boost) and self.boost >= 1 and float(self.boost * self.nc).is_integer(),
-             f"boost must be >= 1 with boost * nc an integer (got {self.boost})")
-        need(0 < self.a_start < self.a_final <= 4, f"a_start must satisfy 0 < a_start < a_final <= 4 "
-             f"(got a_start={self.a_start}, a_final={self.a_final})")
+        _need(isinstance(self.nc, (int, np.integer)) and self.nc >= 2, f"nc must be an integer >= 2 (got {self.nc})")
+        _need(np.isfinite(self.box) and self.box > 0, f"box must be > 0 Mpc/h (got {self.box})")
+        _need(isinstance(self.steps, (int, np.integer)) and self.steps >= 1, f"steps must be an integer >= 1 (got {self.steps})")
+        _need(np.isfinite(self.boost) and self.boost >= 1 and float(self.boost * self.nc).is_integer(),
+              f"boost must be >= 1 with boost * nc an integer (got {self.boost})")
+        _need(0 < self.a_start < self.a_final <= 4, f"a_start must satisfy 0 < a_start < a_final <= 4 "
+              f"(got a_start={self.a_start}, a_final={self.a_final})")
 
     @property
     def force_nmesh(self):
