@@ -20,6 +20,8 @@ from ..errors import InputError
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
 from .dist import init_backend
 from .sampler import ShardedBatchSampler
+from .schedule import BudgetClock, BudgetSchedule
+from .staged import FiniteGuard, make_batch_source
 
 VECTOR_FIELDS = ("disp", "vel")
 
@@ -159,6 +161,7 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
     t_cfg, d_cfg = cfg["train"], cfg["data"]
     out = cfg["out"]
     device = backend.device
+    clock = BudgetClock(device)                          # HOOK time budget (schedule.py): the clock starts
     if backend.is_root:
         os.makedirs(out, exist_ok=True)
     torch.manual_seed(t_cfg["seed"])
@@ -199,7 +202,9 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
         optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=t_cfg["weight_decay"])
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=t_cfg["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(t_cfg["scheduler"], total_steps))
+    budget = (BudgetSchedule(t_cfg["time_budget"], t_cfg["budget_warmup_steps"], t_cfg["scheduler"],   # HOOK
+                             t_cfg["budget_step_seconds"]) if t_cfg["time_budget"] > 0 else None)     # schedule
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, budget or _lr_lambda(t_cfg["scheduler"], total_steps))
 
     step = epoch = batch_in_epoch = 0
     if resume:
@@ -214,6 +219,8 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
             step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
             set_rng_state(state["rng"])
             _say(backend, f"train: resumed from {path} (step {step}, epoch {epoch})")
+    if budget is not None:
+        clock.attach(budget)                              # HOOK time budget: after a resume restored it
     backend.broadcast_parameters(model)
     model = backend.wrap_model(model)
     optimizer = backend.wrap_optimizer(optimizer, unwrap(model))
@@ -244,28 +251,27 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
     loader = DataLoader(train_set, batch_size=t_cfg["batch_size"], sampler=sampler,
                         num_workers=d_cfg["num_workers"], drop_last=True,
                         persistent_workers=d_cfg["num_workers"] > 0, pin_memory=device.type == "cuda")
+    # HOOK batch source + device-side non-finite flag (staged.py): None -> the DataLoader above
+    source = (None if is_param_task(cfg) else
+              make_batch_source(cfg, train_set, sampler, device, say=lambda m: _say(backend, m)))
+    guard = FiniteGuard(t_cfg["check_every"], device)
     while not stop and epoch < t_cfg["epochs"]:
         sampler.set_epoch(epoch)
         sampler.set_start(batch_in_epoch)
         t0 = time.perf_counter()
-        for x, y, idx in loader:
+        for x, y, idx in (loader if source is None else source.epoch(epoch, batch_in_epoch)):   # HOOK source
             t1 = time.perf_counter()
             wait += t1 - t0
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last_3d)
-            bad = torch.tensor([0.0 if bool(torch.isfinite(x).all() and torch.isfinite(y).all()) else 1.0])
-            if float(backend.allreduce_sum(bad)) > 0:
-                raise TrainingError(f"non-finite values in the batch of step {step + 1} "
-                                    f"(samples {idx.tolist()} on rank {backend.rank}); last good checkpoint: "
-                                    f"{last_ckpt}")
             with autocast:
                 pred = model(x)
                 loss = train_loss(pred.float(), y)
-            lossv = loss.detach().reshape(1).double().cpu()
-            if float(backend.allreduce_sum(torch.tensor([0.0 if math.isfinite(float(lossv)) else 1.0]))) > 0:
-                raise TrainingError(f"non-finite loss at step {step + 1}; training stopped, last good "
-                                    f"checkpoint: {last_ckpt}")
+            lossv = loss.detach().reshape(1).double()
+            guard.record(step + 1, x, y, loss)                                # HOOK flag: no host sync
+            if guard.due(step + 1):
+                guard.check(backend, last_ckpt)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -274,7 +280,8 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
             batch_in_epoch += 1
             samples_done += global_batch
             compute += time.perf_counter() - t1
-            if step % t_cfg["log_every"] == 0 or step == max_steps:
+            stop = clock.after_step(step)                                     # HOOK time budget stop
+            if step % t_cfg["log_every"] == 0 or step == max_steps or stop:
                 mean_loss = float(backend.allreduce_mean(lossv.clone()))
                 if backend.is_root:
                     elapsed = time.perf_counter() - t_start
@@ -287,10 +294,11 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
                           f"{rec['samples_per_second']:.1f} samples/s (data wait {wait:.1f} s)",
                           file=log_stream, flush=True)
             if step % t_cfg["checkpoint_every"] == 0 or step == max_steps:
+                guard.check(backend, last_ckpt)                               # HOOK flag before saving
                 if backend.is_root:
                     last_ckpt = save_checkpoint(out, checkpoint_state())
                 backend.barrier()
-            if step >= max_steps:
+            if step >= max_steps or stop:
                 stop = True
                 break
             t0 = time.perf_counter()
@@ -304,6 +312,7 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
                 log.write(json.dumps({"step": step, "epoch": epoch, "val_loss": val_loss}) + "\n")
                 log.flush()
                 print(f"train: epoch {epoch} done, validation loss {val_loss:.5f}", file=log_stream, flush=True)
+    guard.check(backend, last_ckpt)                                           # HOOK flag before saving
     if backend.is_root:
         last_ckpt = save_checkpoint(out, checkpoint_state())
         log.close()
@@ -314,5 +323,7 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
                "samples_per_second": samples_done / elapsed if elapsed > 0 else None,
                "samples_per_second_per_rank": samples_done / elapsed / backend.size if elapsed > 0 else None,
                "data_wait_seconds": wait, "compute_seconds": compute, "wall_seconds": elapsed,
-               "checkpoint": last_ckpt}
+               "checkpoint": last_ckpt, "staged": source is not None,                     # HOOK summary
+               "time_budget": None if budget is None else {"horizon": budget.horizon, "step_seconds": budget.step_seconds,
+                                                           "spent_seconds": budget.spent}}
     return summary, unwrap(model), backend
