@@ -159,3 +159,42 @@ def test_time_budget_schedule_and_resume_are_exact(campaign, tmp_path):
     np.testing.assert_allclose([r["loss"] for r in log2], [r["loss"] for r in log1], rtol=1e-6)
     for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("kw", [dict(depth=2, norm="batch"), dict(depth=1, norm="group", up_kernel=4),
+                                dict(depth=2, norm="batch", down_kernel=3, residual=False)])
+def test_zero_anchor_maps_zero_to_zero_untrained_and_trained(kw):
+    """In eval mode f(0) = 0 to float rounding with zero_anchor; the plain U-Net gives a
+    constant/periodic field after a few steps (biases, BatchNorm running statistics)."""
+    from cosmonet.models import build_model
+    zero = torch.zeros(1, 3, 16, 16, 16)
+    rms = {}
+    for anchor in (False, True):
+        torch.manual_seed(0)
+        m = build_model("unet", base_channels=4, zero_anchor=anchor, **kw)
+        if anchor:
+            with torch.no_grad():
+                assert float(m.eval()(zero).pow(2).mean().sqrt()) < 1e-6          # untrained
+            m.train()
+        opt = torch.optim.Adam(m.parameters(), 1e-2)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            x = torch.randn(2, 3, 8, 8, 8, generator=g)
+            loss = ((m(x) - 0.5 * x - 0.3) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            rms[anchor] = float(m.eval()(zero).pow(2).mean().sqrt())
+    assert rms[True] < 1e-6 and rms[False] > 1e-2, rms
+
+
+def test_zero_anchor_loads_plain_checkpoints():
+    from cosmonet.models import build_model
+    plain = build_model("unet", base_channels=4, depth=1)
+    anchored = build_model("unet", base_channels=4, depth=1, zero_anchor=True)
+    anchored.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 3, 8, 8, 8)
+    with torch.no_grad():
+        plain.eval(), anchored.eval()
+        torch.testing.assert_close(anchored(x), plain(x) - plain(torch.zeros_like(x)) + 0.0 * x, atol=1e-6, rtol=0)
