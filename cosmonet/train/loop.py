@@ -324,6 +324,7 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
                "samples_per_second_per_rank": samples_done / elapsed / backend.size if elapsed > 0 else None,
                "data_wait_seconds": wait, "compute_seconds": compute, "wall_seconds": elapsed,
                "checkpoint": last_ckpt, "staged": source is not None,                     # HOOK summary
+               "first_step_seconds": clock.first_step,
                "time_budget": None if budget is None else {"horizon": budget.horizon, "step_seconds": budget.step_seconds,
                                                            "spent_seconds": budget.spent}}
     return summary, unwrap(model), backend

@@ -57,7 +57,9 @@ class BudgetClock:
 
     Created at the start of ``train()``; ``attach(schedule)`` once the schedule exists
     (after a resume has restored its state); ``after_step(step)`` after every optimiser
-    step returns True when training must stop.
+    step returns True when training must stop. ``first_step``: seconds from the start of
+    ``train()`` to the end of the first step of this run (data staging, model build and
+    the first step's one-off costs), reported in the trainer's summary.
     """
 
     def __init__(self, device):
@@ -65,6 +67,7 @@ class BudgetClock:
         self.device = device
         self.sched = None
         self.mark = None            # (step, time) at the start of the measured window
+        self.first_step = None      # seconds from train() to the end of this run's first step
 
     def attach(self, schedule):
         self.sched = schedule
@@ -79,6 +82,9 @@ class BudgetClock:
         return time.perf_counter() - self.t0
 
     def after_step(self, step):
+        if self.first_step is None:      # one device sync, at the first step only
+            self._sync()
+            self.first_step = self.elapsed()
         s = self.sched
         if s is None:
             return False
