@@ -304,7 +304,9 @@ def cmd_evaluate(args):
     from .data import ShardDataset
     d = cfg["data"]
     test = ShardDataset(d["root"], split=d["test_split"], fields=("za/disp", "lpt2/disp", d["target"]))
-    report, slices = evaluate_d3m(model, test, norm["scale"], max_boxes=args.max_boxes)
+    import torch
+    device = "cuda" if torch.cuda.is_available() else "cpu"     # issue 10: the network on the GPU when there is one
+    report, slices = evaluate_d3m(model.to(device), test, norm["scale"], device=device, max_boxes=args.max_boxes)
     report["checkpoint"] = os.path.abspath(args.checkpoint)
     write_json(args.json, report)
     plots = plot_report(report, slices, args.plots) if args.plots else []
