@@ -24,6 +24,8 @@ Memory estimate (bytes): ``N x (C_in + C_out) x n^3 x 4`` for the staged arrays,
 memory (``torch.cuda.mem_get_info``): the other half is left to the model, its
 activations and the allocator. With ``staging_limit_gb: 0`` on a CPU the limit is 4 GB.
 """
+import time
+
 import numpy as np
 import torch
 
@@ -126,6 +128,33 @@ def staging_decision(mode, nbytes, device, limit_gb=0.0, cubic=True):
 
 
 # --------------------------------------------------------------------- the batch source
+def read_all(base):
+    """Every sample of a ShardDataset as one float32 tensor (N, C, n, n, n) per field.
+
+    Runs of consecutive samples stored consecutively in one shard are read with one slice
+    per field (an HDF5 read per shard instead of one per sample); equal to stacking
+    ``base.read(i)`` (tested)."""
+    shapes = [tuple(base.field_shapes[f]) for f in base.fields]
+    out = [torch.empty((len(base),) + s, dtype=torch.float32) for s in shapes]
+    locs = getattr(base, "_locs", None)
+    i = 0
+    while i < len(base):
+        if locs is None:
+            for j, t in enumerate(base.read(i)):
+                out[j][i] = t
+            i += 1
+            continue
+        path, k = locs[i]
+        end = i + 1
+        while end < len(base) and locs[end] == (path, k + end - i):
+            end += 1
+        f = base._file(path)
+        for j, name in enumerate(base.fields):
+            out[j][i:end] = torch.from_numpy(np.asarray(f[name][k:k + end - i], dtype=np.float32))
+        i = end
+    return out
+
+
 class StagedBatches:
     """Batches of the training split from device memory, the same as the loader path's.
 
@@ -140,12 +169,10 @@ class StagedBatches:
         self.sampler, self.device = sampler, device
         self.scale, self.augment, self.seed = dataset.scale, dataset.augment, dataset.seed
         self.vector = tuple(dataset.vector_flags)
-        fields = [[] for _ in base.fields]
-        for i in range(len(base)):
-            for j, t in enumerate(base.read(i)):
-                fields[j].append(t)
+        t0 = time.perf_counter()
         # the same float32 division as PairDataset.__getitem__ (t / scale), done once
-        self.data = [torch.stack(f).div_(self.scale).to(device) for f in fields]
+        self.data = [f.div_(self.scale).to(device) for f in read_all(base)]
+        self.seconds = time.perf_counter() - t0
         self.n = int(self.data[0].shape[-1])
         self.sym = BatchSymmetry(self.n, device) if self.augment else None
         self.nbytes = sum(t.numel() * t.element_size() for t in self.data)
@@ -195,7 +222,7 @@ def make_batch_source(cfg, dataset, sampler, device, say=print):
         say(f"train: data from the loader ({reason})")
         return None
     src = StagedBatches(dataset, sampler, device)
-    say(f"train: training split staged on {device} ({src.nbytes / 1e9:.2f} GB; {reason})")
+    say(f"train: training split staged on {device} in {src.seconds:.1f} s ({src.nbytes / 1e9:.2f} GB; {reason})")
     return src
 
 
