@@ -169,6 +169,8 @@ def test_time_budget_schedule_and_resume_are_exact(campaign, tmp_path):
     assert s2["steps"] == 10
     assert [r["step"] for r in log2] == list(range(1, 11))
     np.testing.assert_allclose([r["loss"] for r in log2], [r["loss"] for r in log1], rtol=1e-6)
+    s3, _, _ = run(config(campaign, tmp_path / "b", **kw), resume=True)      # nothing left to do
+    assert s3["steps"] == 10
     for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
 

@@ -244,7 +244,7 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
     t_start = time.perf_counter()
     wait = compute = 0.0
     samples_done = 0
-    stop = step >= max_steps
+    stop = step >= max_steps or clock.exhausted(step)                        # HOOK time budget (resume)
     model.train()
     # one loader for the whole run: its workers persist across epochs (the sampler's
     # indices carry the epoch), so no worker start-up is paid per epoch

@@ -74,6 +74,11 @@ class BudgetClock:
         schedule.spent_before = schedule.spent
         return self
 
+    def exhausted(self, step):
+        """Whether a resumed run has nothing left to do (past its horizon or its budget)."""
+        s = self.sched
+        return s is not None and ((s.horizon is not None and step >= s.horizon) or s.spent_before >= s.budget)
+
     def _sync(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
