@@ -14,7 +14,8 @@ else cpu; the trainer uses bf16 autocast and channels_last_3d on CUDA, fp32 on t
   is measured between the log records of step ``--log-every`` and the last step (after the
   warm-up); ``samples_per_second`` is the trainer's own figure over the whole run;
   ``first_step_seconds`` is the time from the call of ``train()`` to the end of the first
-  step (data staging, model build, first step).
+  step (data staging, model build, first step; torch's one-off import of its compiler at
+  the first optimiser of a process is paid before, ``torch_first_optimizer_seconds``).
 - ``bare_step``: bench_conv's ``time_train_steps`` (zero_grad, forward, MSE, backward, SGD
   step on one fixed random batch; mode ``bf16_channels_last`` on CUDA, ``fp32`` on the CPU)
   on the same model, and the same step with Adam (the trainer's optimiser):
@@ -146,6 +147,9 @@ def main():
                        "python": platform.python_version(),
                        "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None},
            "params": vars(args)}
+    t0 = time.perf_counter()      # torch's first optimiser imports torch._dynamo: a per-process cost, paid here
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    res["torch_first_optimizer_seconds"] = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         campaign = args.campaign or make_campaign(os.path.join(tmp, "pairs"), args.nc, args.sims)
         from cosmonet.data import ShardDataset

@@ -150,7 +150,7 @@ def test_time_budget_stops_and_writes_a_checkpoint(campaign, tmp_path):
                  budget_warmup_steps=2, log_every=50, check_every=10)
     s, _, _ = run(cfg)
     tb = s["time_budget"]
-    assert tb["horizon"] is not None and tb["step_seconds"] > 0 and 3.0 <= tb["spent_seconds"] + 0.1 * 3.0
+    assert tb["horizon"] is not None and tb["step_seconds"] > 0 and tb["spent_seconds"] < 3.0 + 1.0
     assert 2 <= s["steps"] <= tb["horizon"] < 4000 and s["wall_seconds"] < 3.0 + 3.0
     from cosmonet.train.checkpoint import load_checkpoint
     assert load_checkpoint(s["checkpoint"])["step"] == s["steps"]

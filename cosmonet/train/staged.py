@@ -10,7 +10,8 @@ behind :class:`cosmonet.train.sampler.ShardedBatchSampler`): the sampler's globa
 of the epoch, rank r taking elements r, r + size, ...; sample i of epoch e under the
 symmetry number ``np.random.default_rng([seed, e, i]).integers(48)`` of
 :func:`cosmonet.data.all_symmetries`. The indices and symmetry numbers of a whole epoch
-are computed on the host at the start of the epoch and copied to the device once.
+are computed on the host (in a background thread during the previous epoch) and copied
+to the device once per epoch.
 
 A symmetry ``(perm, flips)`` of an n^3 field (conventions in :mod:`cosmonet.data.augment`)
 is a gather: output voxel p of channel c reads input channel ``perm[c]`` (vector fields;
@@ -24,6 +25,8 @@ Memory estimate (bytes): ``N x (C_in + C_out) x n^3 x 4`` for the staged arrays,
 memory (``torch.cuda.mem_get_info``): the other half is left to the model, its
 activations and the allocator. With ``staging_limit_gb: 0`` on a CPU the limit is 4 GB.
 """
+import copy
+import threading
 import time
 
 import numpy as np
@@ -188,14 +191,31 @@ class StagedBatches:
     def plan(self, epoch):
         """(indices, symmetry numbers) of this rank for every global batch of ``epoch``:
         two int64 arrays (steps, batch_per_rank), on the host."""
-        s = self.sampler
+        s = copy.copy(self.sampler)           # the trainer's sampler is not touched (thread-safe)
         s.set_epoch(epoch)
         idx = np.stack([b[s.rank::s.size] for b in s.global_batches()]).astype(np.int64)
         ks = self.draws(epoch, idx.reshape(-1)).reshape(idx.shape) if self.augment else np.zeros_like(idx)
         return idx, ks
 
+    def _prefetch(self, epoch):
+        """Compute the plan of ``epoch`` in a background thread (the symmetry draws take
+        ~0.3 s per 8,000 samples of host time, which would leave the device idle)."""
+        box = {}
+        th = threading.Thread(target=lambda: box.update(plan=self.plan(epoch)), daemon=True)
+        th.start()
+        self._next = (epoch, th, box)
+
+    def _plan(self, epoch):
+        nxt, self._next = getattr(self, "_next", None), None
+        if nxt is not None and nxt[0] == epoch:
+            nxt[1].join()
+            if "plan" in nxt[2]:
+                return nxt[2]["plan"]
+        return self.plan(epoch)
+
     def epoch(self, epoch, start=0):
-        idx, ks = self.plan(epoch)
+        idx, ks = self._plan(epoch)
+        self._prefetch(epoch + 1)
         idx = torch.as_tensor(idx[start:]).to(self.device, non_blocking=True)
         ks = torch.as_tensor(ks[start:]).to(self.device, non_blocking=True)
         for t in range(idx.shape[0]):
