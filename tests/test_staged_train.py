@@ -45,15 +45,18 @@ def run(cfg, resume=False):
     return summary, model, log
 
 
-def test_batch_symmetry_equals_apply_symmetry_for_all_48():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def test_batch_symmetry_equals_apply_symmetry_for_all_48(device):
     from cosmonet.data import all_symmetries, apply_symmetry
     from cosmonet.train.staged import BatchSymmetry
     n = 6
     x = torch.randn(48, 3, n, n, n)
     s = torch.randn(48, 2, n, n, n)
     k = torch.arange(48).flip(0)                       # every symmetry once, in some order
-    bs = BatchSymmetry(n, "cpu")
-    yv, ys = bs(x, k, vector=True), bs(s, k, vector=False)
+    bs = BatchSymmetry(n, device)
+    yv, ys = (bs(x.to(device), k.to(device), vector=True).cpu(),
+              bs(s.to(device), k.to(device), vector=False).cpu())
     syms = all_symmetries()
     for b in range(48):
         perm, flips = syms[int(k[b])]
