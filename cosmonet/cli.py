@@ -475,7 +475,9 @@ def _evaluate_d3m(args, cfg, model, norm):
     from .data import ShardDataset
     d = cfg["data"]
     test = ShardDataset(d["root"], split=d["test_split"], fields=("za/disp", "lpt2/disp", d["target"]))
-    report, slices = evaluate_d3m(model, test, norm["scale"], max_boxes=args.max_boxes)
+    import torch
+    device = "cuda" if torch.cuda.is_available() else "cpu"     # the network on the GPU when there is one
+    report, slices = evaluate_d3m(model.to(device), test, norm["scale"], device=device, max_boxes=args.max_boxes)
     from .train.checkpoint import resolve_checkpoint
     report["checkpoint"] = os.path.abspath(resolve_checkpoint(args.checkpoint))
     write_json(args.json, report)

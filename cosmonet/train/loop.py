@@ -8,10 +8,16 @@ the number of ranks or workers.
 
 The steps, each a function below: :func:`build_task` (datasets, model, losses and what a
 checkpoint must record), :func:`build_optimizer` (optimiser and learning-rate schedule),
-:func:`restore` (resume from the latest checkpoint), :class:`LoaderBatches` (where the
-batches of an epoch come from, on the device), :func:`run_epoch` (one pass of training
+:func:`restore` (resume from the latest checkpoint), :func:`batch_source` (where the
+batches of an epoch come from, on the device: :class:`LoaderBatches`, or the training split
+staged on the device, :mod:`cosmonet.train.staged`), :func:`run_epoch` (one pass of training
 steps) and :func:`validate` (the validation loss after an epoch). :func:`train` strings
 them together.
+
+Non-finite batches and losses are caught on the device (:class:`~cosmonet.train.staged.FiniteGuard`)
+and reported every ``train.check_every`` steps and before every checkpoint, so no step
+waits for the host; ``train.time_budget`` stops the run on a wall-clock budget with the
+learning-rate schedule fitted to it (:mod:`cosmonet.train.schedule`).
 """
 import json
 import math
@@ -27,6 +33,8 @@ from ..errors import InputError
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
 from .dist import init_backend
 from .sampler import ShardedBatchSampler
+from .schedule import BudgetClock, BudgetSchedule
+from .staged import FiniteGuard, make_batch_source
 from .trainconfig import TrainConfig, validate_train_config
 
 
@@ -161,15 +169,19 @@ def _lr_lambda(kind, total_steps):
 
 
 def build_optimizer(t_cfg, model, global_batch, total_steps):
-    """(optimiser, scheduler, lr): Adam or SGD with ``train.lr`` scaled linearly from
-    ``train.base_batch`` to ``global_batch``, under a cosine or constant schedule."""
+    """(optimiser, scheduler, lr, budget): Adam or SGD with ``train.lr`` scaled linearly from
+    ``train.base_batch`` to ``global_batch``, under a cosine or constant schedule over
+    ``total_steps``, or, with ``train.time_budget`` > 0, over the horizon the budget allows
+    (``budget``: its :class:`~cosmonet.train.schedule.BudgetSchedule`, else None)."""
     lr = t_cfg["lr"] * global_batch / t_cfg["base_batch"]
     if t_cfg["optimizer"] == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=t_cfg["weight_decay"])
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=t_cfg["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(t_cfg["scheduler"], total_steps))
-    return optimizer, scheduler, lr
+    budget = (BudgetSchedule(t_cfg["time_budget"], t_cfg["budget_warmup_steps"], t_cfg["scheduler"],
+                             t_cfg["budget_step_seconds"]) if t_cfg["time_budget"] > 0 else None)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, budget or _lr_lambda(t_cfg["scheduler"], total_steps))
+    return optimizer, scheduler, lr, budget
 
 
 @dataclass
@@ -223,6 +235,18 @@ class LoaderBatches:
             yield x, y, idx
 
 
+def batch_source(cfg, task, sampler, device, backend):
+    """The batches of the run: the training split staged on the device when ``data.staging``
+    and the memory allow (D3M task; :func:`~cosmonet.train.staged.make_batch_source`), else
+    a :class:`LoaderBatches`. Both yield the same batches for the same seed."""
+    staged = None
+    if not is_param_task(cfg):
+        staged = make_batch_source(cfg, task.train_set.dataset, sampler, device, say=lambda m: _say(backend, m))
+    if staged is not None:
+        return staged
+    return LoaderBatches(task.train_set, sampler, cfg["train"]["batch_size"], cfg["data"]["num_workers"], device)
+
+
 # --------------------------------------------------------------------------- one epoch
 @dataclass
 class Run:
@@ -238,8 +262,11 @@ class Run:
     global_batch: int
     max_steps: int
     total_steps: int
+    guard: FiniteGuard
+    clock: BudgetClock
     log: object = None                  # the JSON-lines log (rank 0)
     log_stream: object = sys.stderr
+    batches: object = None              # the batch source (LoaderBatches or staged)
     last_ckpt: str = None
     t_start: float = 0.0
     wait: float = 0.0
@@ -254,33 +281,28 @@ class Run:
                 "normalization": self.task.normalization, "config": self.cfg.to_dict(), "world_size": self.backend.size}
 
     def checkpoint(self):
-        """Rank 0 writes a checkpoint; every rank waits for it."""
+        """Rank 0 writes a checkpoint (after a clean non-finite check); every rank waits for it."""
+        self.guard.check(self.backend, self.last_ckpt)
         if self.backend.is_root:
             self.last_ckpt = save_checkpoint(self.cfg["out"], self.checkpoint_state())
         self.backend.barrier()
 
 
-def _check_finite(run, x, y, idx, step):
-    backend = run.backend
-    bad = torch.tensor([0.0 if bool(torch.isfinite(x).all() and torch.isfinite(y).all()) else 1.0])
-    if float(backend.allreduce_sum(bad)) > 0:
-        raise TrainingError(f"non-finite values in the batch of step {step} (samples {idx.tolist()} on rank "
-                            f"{backend.rank}); last good checkpoint: {run.last_ckpt}")
-
-
 def train_step(run, x, y, autocast):
-    """One optimiser step on a batch; returns the rank's loss (a float64 CPU tensor of 1)."""
+    """One optimiser step on a batch; returns the rank's loss (a float64 tensor of 1 on the
+    device). A non-finite batch or loss is recorded on the device and raised (before the
+    step's update) when the guard is due, every ``train.check_every`` steps."""
+    step = run.progress.step + 1
     with autocast:
         loss = run.task.train_loss(run.model(x).float(), y)
-    lossv = loss.detach().reshape(1).double().cpu()
-    if float(run.backend.allreduce_sum(torch.tensor([0.0 if math.isfinite(float(lossv)) else 1.0]))) > 0:
-        raise TrainingError(f"non-finite loss at step {run.progress.step + 1}; training stopped, last good "
-                            f"checkpoint: {run.last_ckpt}")
+    run.guard.record(step, x, y, loss)
+    if run.guard.due(step):
+        run.guard.check(run.backend, run.last_ckpt)
     run.optimizer.zero_grad()
     loss.backward()
     run.optimizer.step()
     run.scheduler.step()
-    return lossv
+    return loss.detach().reshape(1).double()
 
 
 def _log_step(run, lossv):
@@ -299,23 +321,24 @@ def _log_step(run, lossv):
 
 
 def run_epoch(run, batches, autocast):
-    """Train on the rest of the current epoch; returns True when ``max_steps`` was reached."""
+    """Train on the rest of the current epoch; returns True when ``max_steps`` was reached
+    or the time budget is spent."""
     t_cfg, p = run.cfg["train"], run.progress
     t0 = time.perf_counter()
     for x, y, idx in batches.epoch(p.epoch, p.batch_in_epoch):
         t1 = time.perf_counter()
         run.wait += t1 - t0
-        _check_finite(run, x, y, idx, p.step + 1)
         lossv = train_step(run, x, y, autocast)
         p.step += 1
         p.batch_in_epoch += 1
         run.samples_done += run.global_batch
         run.compute += time.perf_counter() - t1
-        if p.step % t_cfg["log_every"] == 0 or p.step == run.max_steps:
+        out_of_budget = run.clock.after_step(p.step)
+        if p.step % t_cfg["log_every"] == 0 or p.step == run.max_steps or out_of_budget:
             _log_step(run, lossv)
         if p.step % t_cfg["checkpoint_every"] == 0 or p.step == run.max_steps:
             run.checkpoint()
-        if p.step >= run.max_steps:
+        if p.step >= run.max_steps or out_of_budget:
             return True
         t0 = time.perf_counter()
     return False
@@ -366,7 +389,8 @@ def _summary(run):
             "samples_per_second": run.samples_done / elapsed if elapsed > 0 else None,
             "samples_per_second_per_rank": run.samples_done / elapsed / backend.size if elapsed > 0 else None,
             "data_wait_seconds": run.wait, "compute_seconds": run.compute, "wall_seconds": elapsed,
-            "checkpoint": run.last_ckpt}
+            "checkpoint": run.last_ckpt, "staged": not isinstance(run.batches, LoaderBatches),
+            "first_step_seconds": run.clock.first_step, "time_budget": run.clock.report()}
 
 
 def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
@@ -379,19 +403,22 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
     cfg = cfg if isinstance(cfg, TrainConfig) else validate_train_config(cfg)
     t_cfg, out = cfg["train"], cfg["out"]
     backend = init_backend(t_cfg["backend"]) if backend is None else backend
+    clock = BudgetClock(backend.device, backend, t_cfg["check_every"])     # the budget's clock starts here
     if backend.is_root:
         os.makedirs(out, exist_ok=True)
     task = build_task(cfg, backend.device)
     sampler = _sampler(cfg, len(task.train_set), backend)
     total_steps = sampler.batches_per_epoch * t_cfg["epochs"]
-    optimizer, scheduler, lr = build_optimizer(t_cfg, task.model, sampler.global_batch, total_steps)
+    optimizer, scheduler, lr, budget = build_optimizer(t_cfg, task.model, sampler.global_batch, total_steps)
     progress = restore(out, task, optimizer, scheduler, backend) if resume else Progress()
+    if budget is not None:
+        clock.attach(budget)                # after restore: a resumed budget keeps its horizon and time spent
     backend.broadcast_parameters(task.model)
     model = backend.wrap_model(task.model)
     optimizer = backend.wrap_optimizer(optimizer, unwrap(model))
     run = Run(cfg=cfg, task=task, model=model, optimizer=optimizer, scheduler=scheduler, backend=backend,
               progress=progress, global_batch=sampler.global_batch, max_steps=t_cfg["max_steps"] or total_steps,
-              total_steps=total_steps, log=open(os.path.join(out, "train_log.jsonl"), "a") if backend.is_root else None,
+              total_steps=total_steps, guard=FiniteGuard(t_cfg["check_every"], backend.device), clock=clock, log=open(os.path.join(out, "train_log.jsonl"), "a") if backend.is_root else None,
               log_stream=log_stream, last_ckpt=latest_checkpoint(out) if backend.is_root else None)
     device = backend.device
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
@@ -402,8 +429,8 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
                   f"{min(run.max_steps, total_steps)}")
     run.t_start = time.perf_counter()
     model.train()
-    batches = LoaderBatches(task.train_set, sampler, t_cfg["batch_size"], cfg["data"]["num_workers"], device)
-    stop = progress.step >= run.max_steps
+    batches = run.batches = batch_source(cfg, task, sampler, device, backend)
+    stop = progress.step >= run.max_steps or clock.exhausted(progress.step)
     while not stop and progress.epoch < t_cfg["epochs"]:
         stop = run_epoch(run, batches, autocast)
         if stop and progress.batch_in_epoch < sampler.batches_per_epoch:
@@ -411,6 +438,7 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
         progress.epoch += 1
         progress.batch_in_epoch = 0
         validate(run)
+    run.guard.check(backend, run.last_ckpt)
     if backend.is_root:
         run.last_ckpt = save_checkpoint(out, run.checkpoint_state())
         run.log.close()

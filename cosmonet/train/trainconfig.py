@@ -19,6 +19,8 @@ data:
   num_workers: 1
   subcube: 0                     # parameter inference (target: params): sub-cube side in cells
   params: [Omega_m, sigma8]      # parameter inference: the parameters to learn
+  staging: loader                # auto | device | loader: the split on the device (train/staged.py)
+  staging_limit_gb: 0            # staging limit in GB (0: half the free GPU memory; 4 GB on a CPU)
 train:
   backend: ddp                   # or horovod
   batch_size: 4                  # per rank
@@ -33,6 +35,10 @@ train:
   log_every: 10                  # steps
   seed: 0
   density_weight: 0.0            # > 0 adds weight x MSE of the CIC densities of q + psi
+  check_every: 1                 # steps between host checks of the device-side non-finite flag
+  time_budget: 0                 # seconds of wall clock (0: off); lr schedule fitted (train/schedule.py)
+  budget_warmup_steps: 20        # steps at full lr whose second half measures the step time
+  budget_step_seconds: 0         # > 0: assume this step time instead of measuring (reproducible)
 out: runs/d3m_small
 ```
 """
@@ -76,6 +82,8 @@ class DataConfig(_Section):
     num_workers: int = 1
     subcube: int = 0
     params: tuple = ("Omega_m", "sigma8")
+    staging: str = "loader"          # auto | device | loader (cosmonet/train/staged.py)
+    staging_limit_gb: float = 0.0
 
 
 @dataclass(frozen=True, eq=True)
@@ -97,6 +105,10 @@ class TrainSettings(_Section):
     log_every: int = 10
     seed: int = 0
     density_weight: float = 0.0
+    check_every: int = 1             # device flag / time budget: train/staged.py, train/schedule.py
+    time_budget: float = 0.0
+    budget_warmup_steps: int = 20
+    budget_step_seconds: float = 0.0
 
 
 @dataclass(frozen=True, eq=True)
@@ -124,18 +136,21 @@ DEFAULTS = {"model": {"name": "unet"}, "data": _defaults(DataConfig), "train": _
 _TYPES = {
     "data.root": str, "data.input": str, "data.target": str, "data.train_split": str, "data.val_split": str,
     "data.test_split": str, "data.scale": float, "data.augment": bool, "data.num_workers": int,
-    "data.subcube": int, "data.params": list,
+    "data.subcube": int, "data.params": list, "data.staging": str, "data.staging_limit_gb": float,
     "train.backend": str, "train.batch_size": int, "train.base_batch": int, "train.lr": float,
     "train.epochs": int, "train.max_steps": int, "train.optimizer": str, "train.weight_decay": float,
     "train.scheduler": str, "train.checkpoint_every": int, "train.log_every": int, "train.seed": int,
     "train.density_weight": float,
+    "train.check_every": int, "train.time_budget": float, "train.budget_warmup_steps": int,
+    "train.budget_step_seconds": float,
     "out": str,
 }
 _CHOICES = {"train.backend": ("ddp", "horovod"), "train.optimizer": ("adam", "sgd"),
-            "train.scheduler": ("cosine", "constant")}
+            "train.scheduler": ("cosine", "constant"), "data.staging": ("auto", "device", "loader")}
 _MINIMUM = {"train.batch_size": 1, "train.base_batch": 1, "train.epochs": 1, "train.max_steps": 0,
             "train.checkpoint_every": 1, "train.log_every": 1, "data.num_workers": 0, "train.seed": 0,
-            "data.subcube": 0}
+            "data.subcube": 0, "train.check_every": 1, "train.time_budget": 0.0, "train.budget_warmup_steps": 2,
+            "train.budget_step_seconds": 0.0, "data.staging_limit_gb": 0.0}
 
 
 def _check(path, value):
