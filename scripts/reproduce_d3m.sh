@@ -9,11 +9,11 @@
 #
 # Environment:
 #   ENGINE=torch|mpi   simulation engine (default: torch on a GPU run, mpi for SMOKE=1).
-#                      torch writes `engine: torch`, `device: cuda`, `batch_size: SIM_BATCH`
-#                      into the campaign (the batched torch engine of issue 10 section 1,
-#                      once integrated into `cosmonet simulate`); mpi uses the MPI engine
-#                      under `mpirun -np NP` (NP default: the number of cores).
-#   SIM_BATCH          boxes per torch-engine batch (default 512).
+#                      torch runs configs/d3m_pairs_gpu.yaml (the batched torch engine,
+#                      docs/campaigns.md "GPU campaigns") on SIM_DEVICE; mpi runs
+#                      configs/d3m_pairs.yaml under `mpirun -np NP` (NP default: the cores).
+#   SIM_BATCH          boxes per torch-engine batch (default: the config's, 1000).
+#   SIM_DEVICE         the torch engine's device (default cuda; cpu for a check without GPU).
 #   COSMONET           the cosmonet executable (default: the one on PATH).
 #   SMOKE=1            24 pairs of 16^3 in 64 Mpc/h (16 train, 8 test), U-Net of 4 base
 #                      channels, batch 2, data staged on the CPU: checks the chain end to end.
@@ -48,8 +48,10 @@ if [ "$SMOKE" = 1 ]; then
                 --set train.log_every=20 --set train.check_every=10)
 fi
 if [ "$ENGINE" = torch ]; then
-    SIM_SET+=(--set engine=torch --set device=cuda --set "batch_size=${SIM_BATCH:-512}")
-    SIM=("$COSMONET" simulate "$HERE/configs/d3m_pairs.yaml" --quiet "${SIM_SET[@]}")
+    SIM_SET+=(--set "device=${SIM_DEVICE:-cuda}")
+    [ -n "${SIM_BATCH:-}" ] && SIM_SET+=(--set "batch_size=$SIM_BATCH")
+    [ "$SMOKE" = 1 ] && SIM_SET+=(--set noise_workers=1)
+    SIM=("$COSMONET" simulate "$HERE/configs/d3m_pairs_gpu.yaml" --quiet "${SIM_SET[@]}")
 else
     SIM=(mpirun -np "$NP" "$COSMONET" simulate "$HERE/configs/d3m_pairs.yaml" --quiet "${SIM_SET[@]}")
 fi
