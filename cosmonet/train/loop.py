@@ -238,7 +238,16 @@ class LoaderBatches:
 def batch_source(cfg, task, sampler, device, backend):
     """The batches of the run: the training split staged on the device when ``data.staging``
     and the memory allow (D3M task; :func:`~cosmonet.train.staged.make_batch_source`), else
-    a :class:`LoaderBatches`. Both yield the same batches for the same seed."""
+    a :class:`LoaderBatches` (both yield the same batches for the same seed); with
+    ``data.source: generate`` new pairs simulated on the fly (:mod:`cosmonet.train.generated`)."""
+    d = cfg["data"]
+    if d["source"] == "generate":
+        from .generated import GeneratedBatches
+        if is_param_task(cfg):
+            raise InputError("train config: data.source: generate makes displacement pairs, not parameter sub-cubes")
+        _say(backend, f"train: pairs generated on the fly on {device} (data.source: generate)")
+        return GeneratedBatches(d["root"], sampler, (d["input"], d["target"]), d["scale"], cfg["train"]["seed"],
+                                device)
     staged = None
     if not is_param_task(cfg):
         staged = make_batch_source(cfg, task.train_set.dataset, sampler, device, say=lambda m: _say(backend, m))
@@ -389,7 +398,8 @@ def _summary(run):
             "samples_per_second": run.samples_done / elapsed if elapsed > 0 else None,
             "samples_per_second_per_rank": run.samples_done / elapsed / backend.size if elapsed > 0 else None,
             "data_wait_seconds": run.wait, "compute_seconds": run.compute, "wall_seconds": elapsed,
-            "checkpoint": run.last_ckpt, "staged": not isinstance(run.batches, LoaderBatches),
+            "checkpoint": run.last_ckpt, "staged": type(run.batches).__name__ == "StagedBatches",
+            "batches": type(run.batches).__name__,
             "first_step_seconds": run.clock.first_step, "time_budget": run.clock.report()}
 
 

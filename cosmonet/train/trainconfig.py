@@ -21,6 +21,7 @@ data:
   params: [Omega_m, sigma8]      # parameter inference: the parameters to learn
   staging: loader                # auto | device | loader: the split on the device (train/staged.py)
   staging_limit_gb: 0            # staging limit in GB (0: half the free GPU memory; 4 GB on a CPU)
+  source: campaign               # or generate: new pairs simulated on the fly each step (train/generated.py)
 train:
   backend: ddp                   # or horovod
   batch_size: 4                  # per rank
@@ -83,6 +84,7 @@ class DataConfig(_Section):
     subcube: int = 0
     params: tuple = ("Omega_m", "sigma8")
     staging: str = "loader"          # auto | device | loader (cosmonet/train/staged.py)
+    source: str = "campaign"         # campaign | generate: pairs made on the fly (train/generated.py)
     staging_limit_gb: float = 0.0
 
 
@@ -137,6 +139,7 @@ _TYPES = {
     "data.root": str, "data.input": str, "data.target": str, "data.train_split": str, "data.val_split": str,
     "data.test_split": str, "data.scale": float, "data.augment": bool, "data.num_workers": int,
     "data.subcube": int, "data.params": list, "data.staging": str, "data.staging_limit_gb": float,
+    "data.source": str,
     "train.backend": str, "train.batch_size": int, "train.base_batch": int, "train.lr": float,
     "train.epochs": int, "train.max_steps": int, "train.optimizer": str, "train.weight_decay": float,
     "train.scheduler": str, "train.checkpoint_every": int, "train.log_every": int, "train.seed": int,
@@ -146,7 +149,8 @@ _TYPES = {
     "out": str,
 }
 _CHOICES = {"train.backend": ("ddp", "horovod"), "train.optimizer": ("adam", "sgd"),
-            "train.scheduler": ("cosine", "constant"), "data.staging": ("auto", "device", "loader")}
+            "train.scheduler": ("cosine", "constant"), "data.staging": ("auto", "device", "loader"),
+            "data.source": ("campaign", "generate")}
 _MINIMUM = {"train.batch_size": 1, "train.base_batch": 1, "train.epochs": 1, "train.max_steps": 0,
             "train.checkpoint_every": 1, "train.log_every": 1, "data.num_workers": 0, "train.seed": 0,
             "data.subcube": 0, "train.check_every": 1, "train.time_budget": 0.0, "train.budget_warmup_steps": 2,
