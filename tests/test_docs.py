@@ -161,7 +161,7 @@ def runnable(w, cwd):
     """Cheap commands, run for real: run-sim up to 32^3, power, the demo campaign up to 16
     simulations, and verify of a directory an earlier command made."""
     args = cosmonet_args(w)
-    if not args:
+    if not args or any("cuda" in a for a in args):          # GPU commands: parsed only
         return False
     value = lambda opt, default: args[args.index(opt) + 1] if opt in args else default  # noqa: E731
     if args[0] == "run-sim":
