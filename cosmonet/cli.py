@@ -533,10 +533,8 @@ def _emulate_input_shape(path):
 
 
 def cmd_emulate(args):
-    import h5py
-    import numpy as np
-
-    from .io.atomic import atomic_path, check_writable_dir
+    from .io.atomic import check_writable_dir
+    from .io.simfile import read_displacements, write_emulated
     from .resources import check_memory, emulate_bytes
 
     if _comm().rank != 0:
@@ -566,46 +564,43 @@ def cmd_emulate(args):
     cells = 8 * (args.tile + 2 * margin) ** 3 if tiled else n ** 3
     need = emulate_bytes(n, channels, min(cells, 8 * n ** 3))
     check_memory(need, f"emulate on {n}^3 cells" + (f" in tiles of {args.tile}" if tiled else ""))
-    try:
-        with h5py.File(args.input, "r") as f:
-            disp = f["za/disp"][...]
-            attrs = dict(f.attrs)
-            others = {name: f[f"{name}/disp"][...] for name in ("lpt2", "fastpm") if f"{name}/disp" in f}
-    except (OSError, KeyError) as exc:
-        raise InputError(f"{args.input}: cannot read za/disp ({exc})") from None
+    disp, attrs, others = read_displacements(args.input)
     n_tiles = (n // args.tile) ** 3 if tiled else 1
     print(f"emulate: {n}^3 cells of {args.input}, " + (f"{n_tiles} tiles of {args.tile}^3 + {margin} cells of "
           f"context" if tiled else "the whole box in one pass") + f", about {need / 2 ** 30:.1f} GiB",
           file=sys.stderr, flush=True)
     t0 = time.perf_counter()
+    pred = emulate_box(model, disp, norm["scale"], tile=args.tile, margin=margin, progress=_tile_progress(t0))
+    summary = {"out": args.out, "n": int(disp.shape[-1]), "seconds": round(time.perf_counter() - t0, 3),
+               "tile": args.tile}
+    if "fastpm" in others:
+        summary["displacement_error_vs_fastpm"] = _errors_vs_fastpm(pred, disp, others)
+    write_emulated(args.out, pred, attrs, dict(others, za=disp), resolve_checkpoint(args.checkpoint), args.input)
+    print(json.dumps(summary))
+    return 0
+
+
+def _tile_progress(t0, every=5.0):
+    """``progress(done, total)`` for emulate_box: a line with the ETA every ``every`` seconds."""
     last = [t0]
 
     def progress(done, total):
         now = time.perf_counter()
-        if now - last[0] > 5 or done == total:
+        if now - last[0] > every or done == total:
             last[0] = now
             eta = (now - t0) / done * (total - done)
             print(f"emulate: {done}/{total} tiles, {now - t0:.0f} s, ETA {eta:.0f} s", file=sys.stderr, flush=True)
-    pred = emulate_box(model, disp, norm["scale"], tile=args.tile, margin=margin, progress=progress)
-    seconds = time.perf_counter() - t0
-    summary = {"out": args.out, "n": int(disp.shape[-1]), "seconds": round(seconds, 3), "tile": args.tile}
-    if "fastpm" in others:
-        from .analysis.power import displacement_error
-        true = others["fastpm"].astype(np.float64)
-        summary["displacement_error_vs_fastpm"] = {
-            name: displacement_error(f.astype(np.float64), true)
-            for name, f in (("emulated", pred), ("lpt2", others.get("lpt2")), ("za", disp)) if f is not None}
-    with atomic_path(args.out) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs.update(attrs)
-            f.attrs["checkpoint"] = os.path.abspath(resolve_checkpoint(args.checkpoint))
-            f.attrs["emulated_from"] = os.path.abspath(args.input)
-            ds = f.create_dataset("emulated/disp", data=pred)
-            ds.attrs["units"] = "Mpc/h"
-            for name, field in [("za", disp)] + sorted(others.items()):
-                f.create_dataset(f"{name}/disp", data=field).attrs["units"] = "Mpc/h"
-    print(json.dumps(summary))
-    return 0
+    return progress
+
+
+def _errors_vs_fastpm(emulated, za, others):
+    """Displacement error of the emulated box, 2LPT (when present) and ZA against FastPM."""
+    import numpy as np
+
+    from .analysis.power import displacement_error
+    true = others["fastpm"].astype(np.float64)
+    fields = (("emulated", emulated), ("lpt2", others.get("lpt2")), ("za", za))
+    return {name: displacement_error(f.astype(np.float64), true) for name, f in fields if f is not None}
 
 
 # --------------------------------------------------------------------------- main

@@ -11,6 +11,8 @@ Root attributes: ``box_size`` (Mpc/h), ``nc``, ``a_final``, ``a_start``, ``steps
 ``boost``, ``force_nmesh``, ``seed``, the cosmology's parameters, ``linear_field`` (path
 or empty), ``code_version``.
 """
+import os
+
 import h5py
 import numpy as np
 
@@ -126,3 +128,29 @@ def read_positions(path, name, rank=0, size=1, row=None):
     q = lagrangian_grid(nc, box, slice(lo, hi))
     pos = np.mod(q + disp, box).reshape(3, -1).T
     return pos, attrs
+
+def read_displacements(path):
+    """The displacements of a run-sim file for emulation: (za/disp, root attributes, {name:
+    disp} of lpt2 and fastpm where present), float32 arrays (3, n, n, n) in Mpc/h."""
+    try:
+        with open_sim_file(path) as f:
+            disp = f["za/disp"][...]
+            attrs = dict(f.attrs)
+            others = {name: f[f"{name}/disp"][...] for name in ("lpt2", "fastpm") if f"{name}/disp" in f}
+    except KeyError as exc:
+        raise InputError(f"{path}: cannot read za/disp ({exc})") from None
+    return disp, attrs, others
+
+
+def write_emulated(path, emulated, source_attrs, displacements, checkpoint, source):
+    """The file of ``cosmonet emulate``: the source's root attributes plus ``checkpoint`` and
+    ``emulated_from`` (absolute paths), ``emulated/disp`` and the source's own
+    displacements ``{name: disp}`` as ``NAME/disp`` (Mpc/h), written atomically."""
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update(source_attrs)
+            f.attrs["checkpoint"] = os.path.abspath(checkpoint)
+            f.attrs["emulated_from"] = os.path.abspath(source)
+            f.create_dataset("emulated/disp", data=emulated).attrs["units"] = "Mpc/h"
+            for name, field in sorted(displacements.items()):
+                f.create_dataset(f"{name}/disp", data=field).attrs["units"] = "Mpc/h"
