@@ -11,6 +11,7 @@ import sys
 import time
 
 from .errors import InputError
+from .interrupts import Interrupted
 
 
 class _Parser(argparse.ArgumentParser):
@@ -319,7 +320,9 @@ def _campaign_has_shards(path):
 
 def cmd_simulate(args):
     from .campaign.config import load_config
+    from .campaign.lock import CampaignLock
     from .campaign.runner import prepare_directory, run_campaign
+    from .interrupts import handling
     from .io.guard import remove_on_failure
 
     comm = _comm()
@@ -338,10 +341,18 @@ def cmd_simulate(args):
     cfg = comm.bcast(holder.get("cfg"), root=0)
     _campaign_resources(cfg, comm)
     fresh = comm.bcast(not os.path.exists(cfg.out) if comm.rank == 0 else None, root=0)
-    # a directory this run created is removed again if the run fails before a shard is complete
-    with remove_on_failure(*((cfg.out,) if comm.rank == 0 and fresh else ()), keep=_campaign_has_shards):
-        _collective_check(comm, lambda: prepare_directory(cfg))
-        summary = run_campaign(cfg, comm, show_progress=not args.quiet)
+    # world rank 0 holds DIR/.lock for the run (one writer per directory); SIGINT/SIGTERM stop
+    # the run at the next simulation boundary (interrupts.py). A directory this run created is
+    # removed again if the run fails before a shard is complete.
+    lock = CampaignLock(cfg.out) if comm.rank == 0 else None
+    with handling("flag"), remove_on_failure(*((cfg.out,) if comm.rank == 0 and fresh else ()),
+                                             keep=_campaign_has_shards):
+        try:
+            _collective_check(comm, lambda: prepare_directory(cfg, lock=lock))
+            summary = run_campaign(cfg, comm, show_progress=not args.quiet)
+        finally:
+            if lock is not None:
+                lock.release()
     if comm.rank == 0:
         print(json.dumps(summary))
     return 0
@@ -384,7 +395,44 @@ def _has_checkpoints(path):
     return os.path.isdir(os.path.join(path, "checkpoints"))
 
 
+def _check_resume(args, cfg, out, root):
+    """Before any work: refuse a fresh ``train`` into a directory that holds a run; for
+    ``--resume`` find the checkpoint to continue from (the newest readable one when
+    ``latest`` names a missing or unreadable file, said in one line) and apply or refuse
+    what the config changes against the one stored in it (docs/training.md)."""
+    from .train.checkpoint import CKPT_DIR, LATEST, find_latest, load_checkpoint, resume_changes, step_files
+    steps = step_files(out)
+    if not args.resume:
+        if steps or os.path.lexists(os.path.join(out, CKPT_DIR, LATEST)):
+            newest = os.path.basename(steps[0]) if steps else LATEST
+            raise InputError(f"train: out {out} already holds a training run ({CKPT_DIR}/{newest}); continue it "
+                             f"with --resume, or set a new out")
+        return
+    path, note = find_latest(out)
+    if path is None:
+        if note:
+            raise InputError(f"train --resume: {note}; move {os.path.join(out, CKPT_DIR)} away or set a new out")
+        return
+    if note and root:
+        print(f"train: {note}", file=sys.stderr, flush=True)
+    state = load_checkpoint(path)
+    applied, refused = resume_changes(state.get("config"), cfg.to_dict())
+    if refused:
+        key, (was, now) = next(iter(refused.items()))
+        more = f" (and {', '.join(list(refused)[1:])})" if len(refused) > 1 else ""
+        raise InputError(f"train --resume: {key} is {now!r} but the run in {out} was trained with {was!r}{more}; "
+                         f"a resume cannot change it: keep it, or train into a new out")
+    if applied and root:
+        text = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in applied.items())
+        print(f"train: --resume from step {state.get('step')} applied {text} (recorded in train_log.jsonl)",
+              file=sys.stderr, flush=True)
+        with open(os.path.join(out, "train_log.jsonl"), "a") as fh:
+            fh.write(json.dumps({"step": state.get("step"), "resume": os.path.abspath(path),
+                                 "applied": {k: list(v) for k, v in applied.items()}}) + "\n")
+
+
 def cmd_train(args):
+    from .interrupts import Interrupted, handling
     from .io.guard import remove_on_failure
     from .train.trainconfig import load_train_config
 
@@ -398,13 +446,19 @@ def cmd_train(args):
         raise InputError(f"train config: out {out} cannot be created ({_existing_dir(parent)} is not writable)")
     if not os.path.isdir(cfg["data"]["root"]):
         raise InputError(f"train config: data.root {cfg['data']['root']} is not a directory")
+    _check_resume(args, cfg, out, _launcher_rank() == 0)
     from .train.loop import TrainingError, train
-    with remove_on_failure(*((out,) if _launcher_rank() == 0 else ()), keep=_has_checkpoints):
+    with handling("flag"), remove_on_failure(*((out,) if _launcher_rank() == 0 else ()), keep=_has_checkpoints):
         try:
             summary, _, backend = train(cfg, resume=args.resume)
         except TrainingError as exc:
             print(f"cosmonet: training stopped: {exc}", file=sys.stderr, flush=True)
             return 3
+        except Interrupted as exc:
+            if exc.backend is not None:
+                exc.backend.shutdown()
+            exc.backend = None
+            raise
     if backend.is_root:
         print(json.dumps(summary))
     backend.shutdown()
@@ -626,6 +680,9 @@ def main(argv=None):
     except InputError as exc:
         _report(str(exc).splitlines()[0] if str(exc) else "invalid input")
         return 2
+    except Interrupted as exc:
+        _report(exc.message, prefix="cosmonet: stopped: ")
+        return exc.exit_code
     except MemoryError:
         _report("out of memory (the machine could not hold the arrays of this run; use smaller sizes or more "
                 "ranks)")
@@ -640,14 +697,14 @@ def main(argv=None):
         return 2
 
 
-def _report(msg):
+def _report(msg, prefix="cosmonet: error: "):
     msg = msg.strip().splitlines()[0] if msg.strip() else "failed"
     try:
         rank = _comm().rank
     except Exception:  # MPI unavailable: report anyway
         rank = 0
     if rank == 0:
-        print(f"cosmonet: error: {msg}", file=sys.stderr, flush=True)
+        print(f"{prefix}{msg}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

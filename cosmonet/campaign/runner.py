@@ -12,6 +12,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+from .. import interrupts
 from ..errors import InputError
 from ..mesh import clear_mesh_cache
 from ..sim.simulation import density_contrast, gather_fields, run_simulation
@@ -62,6 +63,15 @@ def _fmt_eta(seconds):
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def _stopped_line(cfg, signum):
+    """The one line of a campaign stopped by a signal: what is kept, how to resume."""
+    kept = [s for s in range(cfg.n_shards) if shardio.read_record(cfg.out, s) is not None]
+    n = sum(len(cfg.shard_indices(s)) for s in kept)
+    return (f"simulate stopped by {interrupts.signal_name(signum)}: {n} of {cfg.n_sims} simulations kept in "
+            f"{len(kept)} complete shards of {cfg.out}, partial shards discarded; rerun the same command to "
+            f"resume")
+
+
 def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
     """Run (or resume) the campaign ``cfg`` on ``comm``; returns the summary (rank 0) or None."""
     if cfg.engine == "torch":        # each rank its own group, batches on its device
@@ -87,7 +97,12 @@ def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
     n_mine = 0
     last_print = 0.0
     t_loop = time.perf_counter()
+    halted = False
     while True:
+        # --- interrupt hook (issue 12): SIGINT/SIGTERM stop the group at a simulation boundary
+        if interrupts.group_stop(group):
+            halted = True
+            break
         j = counters.add(0) if leader else None
         j = group.bcast(j, root=0)
         if j >= len(pending):
@@ -96,6 +111,8 @@ def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
         writer = shardio.ShardWriter(cfg.out, shard, cfg, config_yaml(cfg)) if leader else None
         try:
             for k, index in enumerate(cfg.shard_indices(shard)):
+                if k and interrupts.group_stop(group):
+                    raise interrupts.Interrupted(interrupts.received() or 15, "partial shard")
                 spec = specs[index]
                 t0 = time.perf_counter()
                 result = run_simulation(cfg.sim_config(spec.seed, spec.cosmology), group, fields=_needed(cfg))
@@ -117,17 +134,25 @@ def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
             if leader:
                 writer.close()
             t_io += time.perf_counter() - t0
-        except BaseException:
+        except BaseException as exc:
             if leader:
                 writer.abort()
-            raise
+            if not isinstance(exc, interrupts.Interrupted):
+                raise
+            halted = True
+            break
+    if leader and halted:
+        counters.add(0, len(pending))        # the other groups take no new shard
     comm.Barrier()
+    stopped = interrupts.group_stop(comm)
     wall = time.perf_counter() - t_start
     totals = comm.reduce(np.array([t_sim, t_io, n_mine]), op=MPI.SUM, root=0)
     done_now = counters.read(1)
     counters.free()
     clear_mesh_cache(group)
     group.Free()
+    if stopped:
+        raise interrupts.Interrupted(stopped, _stopped_line(cfg, stopped) if comm.rank == 0 else "")
     if comm.rank != 0:
         return None
     summary = _finish(cfg, comm.size, totals, wall, done_now, done_before)

@@ -261,18 +261,21 @@ RESUMABLE_WITH_OTHER = ("ranks_per_sim", "device", "batch_size", "noise_workers"
 ABSENT_MEANS = {"engine": "mpi"}
 
 
-def prepare_directory(cfg):
+def prepare_directory(cfg, lock=None):
     """Create DIR/shards and DIR/campaign.yaml, or check that DIR holds this campaign.
 
     Raises InputError (one line) when DIR holds a campaign with another configuration
-    (``ranks_per_sim`` may differ: the plan does not depend on it).
+    (``ranks_per_sim`` may differ: the plan does not depend on it). ``lock`` (a
+    :class:`~cosmonet.campaign.lock.CampaignLock` of DIR) is taken after that check and
+    before anything is written or stale temporaries are removed, so a second writer is
+    refused before it can touch the first one's files.
     """
     from .config import check_output_dir
     check_output_dir(cfg.out)
-    os.makedirs(os.path.join(cfg.out, SHARD_DIR), exist_ok=True)
     path = os.path.join(cfg.out, CONFIG_COPY)
     text = config_yaml(cfg)
-    if os.path.exists(path):
+    exists = os.path.exists(path)
+    if exists:
         old = load_yaml(path) or {}
         new = yaml.safe_load(text)
         if not isinstance(old, dict):
@@ -285,7 +288,10 @@ def prepare_directory(cfg):
             if key not in RESUMABLE_WITH_OTHER and old.get(key) != new[key]:
                 raise InputError(f"config: out {cfg.out} holds a campaign with another {key} "
                                  f"({old.get(key)!r} there, {new[key]!r} now); use a new out directory")
-    else:
+    if lock is not None:
+        lock.acquire()
+    os.makedirs(os.path.join(cfg.out, SHARD_DIR), exist_ok=True)
+    if not exists:
         with atomic_path(path) as tmp:
             with open(tmp, "w") as fh:
                 fh.write(text)

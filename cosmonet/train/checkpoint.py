@@ -7,6 +7,8 @@ file. A run killed while saving leaves the previous checkpoint as ``latest``.
 """
 import os
 import random
+import re
+import zipfile
 
 import numpy as np
 import torch
@@ -17,6 +19,7 @@ from ..io.atomic import atomic_path
 
 CKPT_DIR = "checkpoints"
 LATEST = "latest"
+_STEP = re.compile(r"step_(\d+)\.pt")
 
 
 def unwrap(model):
@@ -47,15 +50,62 @@ def save_checkpoint(out, state):
     return os.path.join(d, name)
 
 
-def latest_checkpoint(out):
-    """Path of the newest complete checkpoint in DIR, or None."""
-    pointer = os.path.join(out, CKPT_DIR, LATEST)
-    if not os.path.exists(pointer):
+def step_files(out):
+    """The checkpoint files ``DIR/checkpoints/step_N.pt``, newest (largest N) first."""
+    d = os.path.join(out, CKPT_DIR)
+    if not os.path.isdir(d):
+        return []
+    steps = []
+    for name in os.listdir(d):
+        m = _STEP.fullmatch(name)
+        if m:
+            steps.append((int(m.group(1)), os.path.join(d, name)))
+    return [path for _, path in sorted(steps, reverse=True)]
+
+
+def readable(path):
+    """True when ``path`` is a whole torch zip archive (its central directory reads): a
+    truncated, emptied or foreign file is not. Cheap: the data are not read."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return bool(z.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
+def _pointer(out):
+    """The file name ``DIR/checkpoints/latest`` holds, or None (no or unreadable pointer)."""
+    try:
+        with open(os.path.join(out, CKPT_DIR, LATEST)) as fh:
+            return fh.read().strip() or None
+    except (OSError, UnicodeDecodeError):
         return None
-    with open(pointer) as fh:
-        name = fh.read().strip()
-    path = os.path.join(out, CKPT_DIR, name)
-    return path if os.path.exists(path) else None
+
+
+def find_latest(out):
+    """``(path, note)``: the checkpoint to continue from and, when it is not the one
+    ``checkpoints/latest`` names, a line saying why (that file is missing or unreadable,
+    or there is no pointer) and which one is used instead: the newest readable
+    ``step_N.pt``. ``path`` is None when DIR holds no readable checkpoint."""
+    name = _pointer(out)
+    named = os.path.join(out, CKPT_DIR, name) if name else None
+    if named is not None and os.path.isfile(named) and readable(named):
+        return named, None
+    newest = next((p for p in step_files(out) if readable(p)), None)
+    if named is None:
+        why = f"{os.path.join(out, CKPT_DIR, LATEST)} is missing or empty"
+    else:
+        why = f"{os.path.join(CKPT_DIR, LATEST)} names {name}, which is " + (
+            "unreadable" if os.path.exists(named) else "missing")
+    if newest is None:
+        return None, (f"{why} and no other checkpoint is readable" if step_files(out) or named else None)
+    return newest, f"{why}; using {os.path.basename(newest)}, the newest readable checkpoint"
+
+
+def latest_checkpoint(out):
+    """Path of the newest complete checkpoint in DIR, or None: the file ``latest`` names,
+    or when that is missing or unreadable the newest readable ``step_N.pt`` (:func:`find_latest`)."""
+    return find_latest(out)[0]
 
 
 def resolve_checkpoint(path):
@@ -89,3 +139,42 @@ def load_checkpoint(path, expect_signature=None):
         raise InputError(f"checkpoint {path}: holds model {state['model_signature']}, "
                          f"not the configured {expect_signature}")
     return state
+
+
+# --------------------------------------------------------------------------- what a --resume may change
+#: config keys a ``--resume`` may change: applied from the resumed step on, and recorded (one
+#: stderr line and a ``resume`` record in train_log.jsonl). ``train.epochs`` also stretches the
+#: cosine schedule's length from the resumed step on.
+RESUME_APPLIED = ("train.epochs", "train.max_steps", "train.checkpoint_every", "train.log_every",
+                  "train.backend", "data.num_workers")
+#: keys never compared: where the run lives
+RESUME_IGNORED = ("out",)
+
+
+def _flat(cfg):
+    out = {}
+    for section, value in cfg.items():
+        if isinstance(value, dict):
+            for key, v in value.items():
+                out[f"{section}.{key}"] = list(v) if isinstance(v, tuple) else v
+        else:
+            out[section] = value
+    return out
+
+
+def resume_changes(old, new):
+    """``(applied, refused)``: the keys whose value differs between the config ``old`` stored
+    in a checkpoint and the config ``new`` of the resuming run, each {key: (old, new)}.
+    ``applied`` are those of :data:`RESUME_APPLIED`; every other change (model.*, data.*,
+    batch sizes, lr, optimiser, schedule, seed, loss weights) is ``refused``: a resume keeps
+    the optimiser's learning rate and state and the data order of the checkpoint, so such a
+    change would be recorded and silently not followed, or would change what the
+    trajectory means."""
+    a, b = _flat(old or {}), _flat(new)
+    applied, refused = {}, {}
+    for key in sorted(set(a) | set(b)):
+        if key in RESUME_IGNORED or key not in a:      # a key older checkpoints did not store
+            continue
+        if a.get(key) != b.get(key):
+            (applied if key in RESUME_APPLIED else refused)[key] = (a.get(key), b.get(key))
+    return applied, refused

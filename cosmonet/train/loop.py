@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import InputError
+from ..interrupts import stop_training
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
 from .dist import init_backend
 from .sampler import ShardedBatchSampler
@@ -349,6 +350,9 @@ def run_epoch(run, batches, autocast):
             run.checkpoint()
         if p.step >= run.max_steps or out_of_budget:
             return True
+        # --- interrupt hook (issue 12, cosmonet/interrupts.py): on SIGINT/SIGTERM every rank stops
+        # here together, after a checkpoint at this step; raises interrupts.Interrupted
+        stop_training(run)
         t0 = time.perf_counter()
     return False
 
