@@ -374,8 +374,7 @@ def cmd_verify(args):
         problems = [f"{k}: {report[k]}" for k in ("missing", "corrupt", "duplicates", "unrecorded") if report[k]]
         if report["present"] != report["n_sims"]:
             problems.append(f"{report['present']} of {report['n_sims']} simulations present")
-        if not report["manifest"]:
-            problems.append("no manifest.json (the run did not finish)")
+        problems += report["problems"]      # foreign shards, manifest hashes, an unreadable manifest
         print(f"cosmonet verify: {args.dir} has problems: " + "; ".join(problems), file=sys.stderr)
         return 1
     return 0
@@ -494,12 +493,23 @@ def _add_evaluate(sub):
 
 
 def cmd_evaluate(args):
+    from .interrupts import handling, signal_name
+
+    if _comm().rank != 0:
+        return 0
+    with handling("raise"):        # a signal raises Interrupted at once; remove_on_failure cleans up
+        try:
+            return _evaluate(args)
+        except Interrupted as exc:
+            raise Interrupted(exc.signum, f"evaluate stopped by {signal_name(exc.signum)}: nothing written "
+                                          f"({args.json} is written whole at the end); rerun the same command")
+
+
+def _evaluate(args):
     from .io.atomic import check_writable_dir
     from .io.guard import remove_on_failure
     from .train.trainconfig import load_train_config
 
-    if _comm().rank != 0:
-        return 0
     _check_int("--max-boxes", args.max_boxes, 1)
     _check_positive("--k-max", args.k_max)
     cfg = load_train_config(args.config, args.overrides)

@@ -298,34 +298,118 @@ def prepare_directory(cfg, lock=None):
     remove_stale_temporaries(cfg.out)
 
 
-def verify_campaign(root):
-    """Check a campaign directory against its records and manifest.
+def _read_manifest(root):
+    """``(shards, error)``: {shard: record} of DIR/manifest.json, or None and why it cannot
+    be used (missing, not JSON, not a manifest). Never raises."""
+    path = os.path.join(root, MANIFEST)
+    if not os.path.exists(path):
+        return None, "no manifest.json (the run did not finish)"
+    try:
+        with open(path) as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return None, f"manifest.json is unreadable ({type(exc).__name__})"
+    recs = doc.get("shards") if isinstance(doc, dict) else None
+    if not isinstance(recs, list) or not all(isinstance(r, dict) and isinstance(r.get("shard"), int) for r in recs):
+        return None, "manifest.json is not a campaign manifest (no 'shards' list of records)"
+    return {r["shard"]: r for r in recs}, None
 
-    Returns a report: {"ok", "n_sims", "missing", "corrupt", "unrecorded", "duplicates"}.
+
+def _campaign_keys(text):
+    """The parsed configuration a shard stores (``campaign_config``), without the keys that
+    may differ between runs of one campaign; None when it does not parse."""
+    try:
+        d = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    if not isinstance(d, dict):
+        return None
+    return {k: v for k, v in d.items() if k not in RESUMABLE_WITH_OTHER}
+
+
+def shard_identity(root, shard, cfg, specs, want_config):
+    """None when shard ``shard`` of ``root`` is this campaign's (its stored configuration,
+    indices, seeds and cosmological parameters are those of the plan ``specs``), else why not."""
+    try:
+        with h5py.File(shard_path(root, shard), "r") as f:
+            stored = f.attrs.get("campaign_config")
+            p = f["params"]
+            index, seed = p["index"][...], p["seed"][...]
+            cols = {c: p[c][...] for c in PARAM_COLUMNS if c in p}
+    except (OSError, KeyError) as exc:
+        return f"cannot be read ({type(exc).__name__})"
+    if isinstance(stored, bytes):
+        stored = stored.decode("utf-8", "replace")
+    if not isinstance(stored, str) or _campaign_keys(stored) != want_config:
+        got = _campaign_keys(stored) if isinstance(stored, str) else None
+        diff = sorted(k for k in want_config if not isinstance(got, dict) or got.get(k) != want_config[k])
+        what = ", ".join(diff[:3]) or "configuration"
+        return f"was written by another campaign ({what} differ{'s' if len(diff) <= 1 else ''} from {CONFIG_COPY})"
+    want = cfg.shard_indices(shard)
+    if index.tolist() != want:
+        return f"holds simulations {index.tolist()[:3]}..., not the plan's {want[:3]}..."
+    want_seeds = [specs[i].seed for i in want]
+    if seed.tolist() != want_seeds:
+        bad = next(i for i, a, b in zip(want, seed.tolist(), want_seeds) if a != b)
+        return f"holds simulation {bad} with seed {seed.tolist()[want.index(bad)]}, not the plan's {want_seeds[want.index(bad)]}"
+    for col, values in cols.items():
+        plan_values = np.array([np.nan if getattr(specs[i].cosmology, col) is None else getattr(specs[i].cosmology, col)
+                                for i in want], dtype=np.float64)
+        if not np.array_equal(values, plan_values, equal_nan=True):
+            return f"holds {col} values that are not the plan's"
+    return None
+
+
+def verify_campaign(root):
+    """Check a campaign directory against its records, its manifest and its plan.
+
+    Returns a report: {"ok", "n_sims", "present", "n_shards", "missing", "corrupt",
+    "duplicates", "unrecorded", "manifest", "foreign", "manifest_mismatch", "problems"}:
+    ``corrupt`` shards do not match their record (size, SHA-256, indices); ``foreign``
+    shards are whole but not this campaign's (configuration, indices, seeds or cosmology
+    differ from DIR/campaign.yaml and its plan); ``manifest_mismatch`` shards have a record
+    whose SHA-256 or size is not the manifest's; ``manifest`` is False when manifest.json is
+    missing or unreadable; ``problems`` says each in words.
     """
+    from .plan import plan
     cfg = read_config(root)
-    missing, corrupt, seen = [], [], {}
+    specs = plan(cfg)
+    want_config = _campaign_keys(config_yaml(cfg))
+    manifest, manifest_error = _read_manifest(root)
+    missing, corrupt, foreign, mismatch, seen, problems = [], [], [], [], {}, []
     for s in range(cfg.n_shards):
-        st = check_shard(root, s, cfg)
+        record = read_record(root, s)
+        st = check_shard(root, s, cfg, record)
         if st == "missing":
             missing.append(s)
-        elif st == "corrupt":
+            continue
+        if st == "corrupt":
             corrupt.append(s)
-        else:
-            try:
-                with h5py.File(shard_path(root, s), "r") as f:
-                    for i in f["params/index"][...]:
-                        seen[int(i)] = seen.get(int(i), 0) + 1
-            except OSError:
-                corrupt.append(s)
+            continue
+        why = shard_identity(root, s, cfg, specs, want_config)
+        if why is not None:
+            foreign.append(s)
+            problems.append(f"shard {s} {why}")
+            continue
+        if manifest is not None:
+            m = manifest.get(s)
+            if m is None or m.get("sha256") != record.get("sha256") or m.get("bytes") != record.get("bytes"):
+                mismatch.append(s)
+                problems.append(f"shard {s}: " + ("not in manifest.json" if m is None
+                                                  else "its SHA-256 is not the one in manifest.json"))
+        for i in cfg.shard_indices(s):
+            seen[i] = seen.get(i, 0) + 1
     duplicates = sorted(i for i, c in seen.items() if c > 1)
-    manifest_ok = os.path.exists(os.path.join(root, MANIFEST))
     known = {os.path.basename(shard_path(root, s)) for s in range(cfg.n_shards)}
     shard_dir = os.path.join(root, SHARD_DIR)
     on_disk = {f for f in os.listdir(shard_dir) if f.endswith(".h5")} if os.path.isdir(shard_dir) else set()
     unrecorded = sorted(on_disk - known)
+    if manifest_error:
+        problems.append(manifest_error)
     complete = len(seen) == cfg.n_sims
-    ok = not (missing or corrupt or duplicates or unrecorded) and complete and manifest_ok
+    ok = (not (missing or corrupt or duplicates or unrecorded or foreign or mismatch) and complete
+          and manifest is not None)
     return {"ok": ok, "n_sims": cfg.n_sims, "present": len(seen), "n_shards": cfg.n_shards,
             "missing": missing, "corrupt": corrupt, "duplicates": duplicates, "unrecorded": unrecorded,
-            "manifest": manifest_ok}
+            "manifest": manifest is not None, "foreign": foreign, "manifest_mismatch": mismatch,
+            "problems": problems}
