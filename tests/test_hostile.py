@@ -17,6 +17,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import yaml
 
 from cli_util import assert_clean_error, describe
 from mpi_util import cosmonet_exe, mpi_env
@@ -94,6 +95,17 @@ def world(tmp_path_factory):
                          "test_split": "test"}}
     _save(w["ckpt"], build_model("unet", base_channels=2, depth=1, norm="batch").eval(), {"scale": 5.0}, unet_cfg)
     _save(w["group"], build_model("unet", base_channels=4, depth=1, norm="group").eval(), {"scale": 5.0}, unet_cfg)
+    # a training run (a checkpoint of the training YAML's config, out = run) and one whose only
+    # checkpoint is unreadable
+    from cosmonet.train.trainconfig import validate_train_config
+    w["run"], w["badrun"] = d / "run", d / "badrun"
+    for run in (w["run"], w["badrun"]):
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "latest").write_text("step_00000001.pt\n")
+    run_cfg = validate_train_config(yaml.safe_load(TRAIN_YAML.format(root=w["campaign"], out=w["run"]))).to_dict()
+    _save(w["run"] / "checkpoints" / "step_00000001.pt", build_model("unet", base_channels=2, depth=1, norm="batch"),
+          {"scale": 5.0}, run_cfg)
+    (w["badrun"] / "checkpoints" / "step_00000001.pt").write_bytes(b"cut short")
     param = build_model("paramnet", input_size=16, n_params=2, channels=(2, 2, 2, 2, 2, 2), hidden=(4, 4))
     _save(w["param"], param, {"scale": 1.0, "params": ["Omega_m", "sigma8"], "subcube": 16,
                               "ranges": {"Omega_m": [0.2, 0.4], "sigma8": [0.7, 0.9]}},
@@ -179,6 +191,20 @@ CASES = [
     ("train out is the campaign", ["train", "{train}", "--set", "out={campaign}"], "refusing"),
     ("train data root missing", ["train", "{train}", "--set", "data.root={w}/none", "--set", "out={w}/run"],
      "data.root"),
+    ("train into a run without --resume", ["train", "{train}", "--set", "out={run}"],
+     "already holds a training run"),
+    ("train resume changes the seed", ["train", "{train}", "--set", "out={run}", "--resume", "--set",
+                                       "train.seed=9"], "train.seed is 9"),
+    ("train resume changes the batch", ["train", "{train}", "--set", "out={run}", "--resume", "--set",
+                                        "train.batch_size=2"], "train.batch_size is 2"),
+    ("train resume changes lr", ["train", "{train}", "--set", "out={run}", "--resume", "--set", "train.lr=0.01"],
+     "train.lr is 0.01"),
+    ("train resume changes the data", ["train", "{train}", "--set", "out={run}", "--resume", "--set",
+                                       "data.scale=2.0"], "data.scale is 2.0"),
+    ("train resume changes the model", ["train", "{train}", "--set", "out={run}", "--resume", "--set",
+                                        "model.norm=group"], "model.norm is 'group'"),
+    ("train resume without a readable checkpoint", ["train", "{train}", "--set", "out={badrun}", "--resume"],
+     "no other checkpoint is readable"),
     # ---- evaluate
     ("evaluate max-boxes 0", ["evaluate", "{train}", "--checkpoint", "{ckpt}", "--json", "{w}/e.json",
                               "--max-boxes", "0"], "--max-boxes must be"),
