@@ -419,7 +419,7 @@ def _check_resume(args, cfg, out, root):
     if refused:
         key, (was, now) = next(iter(refused.items()))
         more = f" (and {', '.join(list(refused)[1:])})" if len(refused) > 1 else ""
-        raise InputError(f"train --resume: {key} is {now!r} but the run in {out} was trained with {was!r}{more}; "
+        raise InputError(f"train --resume: {key} is {now!r} but checkpoint {path} was trained with {was!r}{more}; "
                          f"a resume cannot change it: keep it, or train into a new out")
     if applied and root:
         text = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in applied.items())
