@@ -324,7 +324,7 @@ def _campaign_keys(text):
         return None
     if not isinstance(d, dict):
         return None
-    return {k: v for k, v in d.items() if k not in RESUMABLE_WITH_OTHER}
+    return {k: v for k, v in {**ABSENT_MEANS, **d}.items() if k not in RESUMABLE_WITH_OTHER}
 
 
 def shard_identity(root, shard, cfg, specs, want_config):

@@ -17,10 +17,11 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+from .. import interrupts
 from ..errors import InputError
 from . import store as shardio
 from .plan import plan
-from .runner import _Counters, _fmt_eta
+from .runner import _Counters, _fmt_eta, _stopped_line
 from .store import config_yaml
 
 #: environment variables that name a process's rank on its node (Open MPI, SLURM, MPICH)
@@ -106,7 +107,11 @@ def run_torch_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
     n_mine = 0
     last_print = 0.0
     t_loop = time.perf_counter()
+    halted = False
     while True:
+        if interrupts.received():       # issue 12 hook: SIGINT/SIGTERM stop at a batch boundary
+            halted = True
+            break
         j = counters.add(0)
         if j >= len(pending):
             break
@@ -115,6 +120,8 @@ def run_torch_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
         try:
             indices = cfg.shard_indices(shard)
             for batch in _batches(list(range(len(indices))), cfg.batch_size):
+                if batch[0] and interrupts.received():
+                    raise interrupts.Interrupted(interrupts.received(), "partial shard")
                 batch_specs = [specs[indices[k]] for k in batch]
                 t0 = time.perf_counter()
                 first = batch_specs[0]
@@ -142,14 +149,22 @@ def run_torch_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
             t0 = time.perf_counter()
             writer.close()
             t_io += time.perf_counter() - t0
-        except BaseException:
+        except BaseException as exc:
             writer.abort()
-            raise
+            if not isinstance(exc, interrupts.Interrupted):
+                raise
+            halted = True
+            break
+    if halted:
+        counters.add(0, len(pending))        # the other ranks take no new shard
     comm.Barrier()
+    stopped = interrupts.group_stop(comm)
     wall = time.perf_counter() - t_start
     totals = comm.reduce(np.array([t_sim, t_io, n_mine]), op=MPI.SUM, root=0)
     done_now = counters.read(1)
     counters.free()
+    if stopped:
+        raise interrupts.Interrupted(stopped, _stopped_line(cfg, stopped) if comm.rank == 0 else "")
     if comm.rank != 0:
         return None
     records = [shardio.read_record(cfg.out, s) for s in range(cfg.n_shards)]

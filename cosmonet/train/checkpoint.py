@@ -146,7 +146,7 @@ def load_checkpoint(path, expect_signature=None):
 #: stderr line and a ``resume`` record in train_log.jsonl). ``train.epochs`` also stretches the
 #: cosine schedule's length from the resumed step on.
 RESUME_APPLIED = ("train.epochs", "train.max_steps", "train.checkpoint_every", "train.log_every",
-                  "train.backend", "data.num_workers")
+                  "train.check_every", "train.backend", "data.num_workers", "data.staging", "data.staging_limit_gb")
 #: keys never compared: where the run lives
 RESUME_IGNORED = ("out",)
 
@@ -166,8 +166,9 @@ def resume_changes(old, new):
     """``(applied, refused)``: the keys whose value differs between the config ``old`` stored
     in a checkpoint and the config ``new`` of the resuming run, each {key: (old, new)}.
     ``applied`` are those of :data:`RESUME_APPLIED`; every other change (model.*, data.*,
-    batch sizes, lr, optimiser, schedule, seed, loss weights) is ``refused``: a resume keeps
-    the optimiser's learning rate and state and the data order of the checkpoint, so such a
+    batch sizes, lr, optimiser, schedule, time budget, seed, loss weights) is ``refused``: a
+    resume keeps the optimiser's learning rate and state, the budget schedule's horizon and
+    budget (restored with the scheduler) and the data order of the checkpoint, so such a
     change would be recorded and silently not followed, or would change what the
     trajectory means."""
     a, b = _flat(old or {}), _flat(new)
