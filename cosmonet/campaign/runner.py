@@ -21,12 +21,13 @@ from .plan import plan
 from .store import config_yaml  # noqa: F401  (the CLI's entry points)
 
 
-def prepare_directory(cfg):
+def prepare_directory(cfg, lock=None):
     """Check that the campaign's engine can run here (torch on cuda: a GPU is visible),
-    then create or check its directory (:func:`cosmonet.campaign.store.prepare_directory`)."""
+    then create or check its directory (:func:`cosmonet.campaign.store.prepare_directory`,
+    which takes ``lock`` before it writes)."""
     from .config import check_engine_available
     check_engine_available(cfg)
-    shardio.prepare_directory(cfg)
+    shardio.prepare_directory(cfg, lock=lock)
 
 
 class _Counters:
