@@ -113,10 +113,13 @@ def _same_params(a, b, atol=1e-7):
 
 
 # --------------------------------------------------------------------------- simulate
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
-def test_simulate_stops_on_a_signal_and_the_rerun_resumes(world, tmp_path, sig, code):
+@pytest.mark.parametrize("sig,code,engine", [(signal.SIGTERM, 143, "mpi"), (signal.SIGINT, 130, "torch")],
+                         ids=["SIGTERM-mpi", "SIGINT-torch"])
+def test_simulate_stops_on_a_signal_and_the_rerun_resumes(world, tmp_path, sig, code, engine):
     out = tmp_path / "c"
-    cmd = [cosmonet_exe(), "simulate", world["many"], "--out", out, "--quiet"]
+    many = tmp_path / "many.yaml"
+    many.write_text(world["many"].read_text() + (f"engine: {engine}\ndevice: cpu\n" if engine == "torch" else ""))
+    cmd = [cosmonet_exe(), "simulate", many, "--out", out, "--quiet"]
     proc = _interrupt(cmd, _shards_done(out, 2), sig)
     assert proc.returncode == code, describe(proc)
     line = _stopped_line(proc, signal.Signals(sig).name, "complete shards", "rerun the same command")
@@ -127,7 +130,7 @@ def test_simulate_stops_on_a_signal_and_the_rerun_resumes(world, tmp_path, sig, 
     kept = report["present"]
     assert 4 <= kept < 16 and f"{kept} of 16 simulations kept" in line
     assert report["corrupt"] == [] and report["foreign"] == [] and len(report["missing"]) == 8 - kept // 2
-    rerun = _ok(_run(["simulate", world["many"], "--out", out, "--quiet"]))
+    rerun = _ok(_run(["simulate", many, "--out", out, "--quiet"]))
     summary = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert summary["already_done"] == kept and summary["simulated_this_run"] == 16 - kept
     vproc, report = _verify(out)
