@@ -87,25 +87,30 @@ def group_stop(comm):
 
 
 def backend_stop(backend):
-    """Collective over a training backend: the signal number if any rank received one, else 0."""
+    """Collective over a training backend: the signal number if any rank received one, else 0.
+    One all-reduce of a vector of ranks' flags on the backend's device (NCCL takes device
+    tensors only); on a single process no tensor at all."""
+    local = int(_received or 0)
+    if backend.size == 1:
+        return local
     import torch
-    t = torch.tensor([float(_received or 0)], dtype=torch.float64)
-    if backend.size > 1:
-        flags = torch.zeros(backend.size, dtype=torch.float64)
-        flags[backend.rank] = t[0]
-        backend.allreduce_sum(flags)
-        return int(flags.max())
-    return int(t[0])
+    flags = torch.zeros(backend.size, dtype=torch.float32, device=backend.device)
+    flags[backend.rank] = local
+    backend.allreduce_sum(flags)
+    return int(flags.max().item())
 
 
 def stop_training(run):
-    """The training loop's hook (issue 12): after an optimiser step, if any rank received a
-    signal, write a checkpoint at this step (unless one was just written) and raise
-    :class:`Interrupted` on every rank. ``run`` is :class:`cosmonet.train.loop.Run`."""
+    """The training loop's hook (issue 12): after an optimiser step (every ``train.check_every``
+    steps, when the trainer synchronises anyway), if any rank received a signal, write a
+    checkpoint at this step (unless one was just written) and raise :class:`Interrupted` on
+    every rank. ``run`` is :class:`cosmonet.train.loop.Run`."""
+    p = run.progress
+    if p.step % run.cfg["train"].get("check_every", 1):     # asked with the device flag's cadence
+        return
     signum = backend_stop(run.backend)
     if not signum:
         return
-    p = run.progress
     if p.step % run.cfg["train"]["checkpoint_every"] != 0:
         run.checkpoint()
     where = run.last_ckpt or f"{run.cfg['out']}/checkpoints"
