@@ -18,6 +18,7 @@ from ..mesh import clear_mesh_cache
 from ..sim.simulation import density_contrast, gather_fields, run_simulation
 from . import store as shardio
 from .plan import plan
+from .shard_queue import Counters, fmt_eta, stopped_line
 from .store import config_yaml  # noqa: F401  (the CLI's entry points)
 
 
@@ -28,49 +29,6 @@ def prepare_directory(cfg, lock=None):
     from .config import check_engine_available
     check_engine_available(cfg)
     shardio.prepare_directory(cfg, lock=lock)
-
-
-class _Counters:
-    """Two int64 counters on world rank 0: next queue position, simulations finished."""
-
-    def __init__(self, comm):
-        self.win = MPI.Win.Allocate(16 if comm.rank == 0 else 0, 8, comm=comm)
-        if comm.rank == 0:
-            buf = np.frombuffer(self.win.tomemory(), dtype=np.int64)
-            buf[:] = 0
-        comm.Barrier()
-
-    def add(self, which, value=1):
-        """Atomically add ``value`` to counter ``which``; returns its previous value."""
-        one = np.array([value], dtype=np.int64)
-        old = np.zeros(1, dtype=np.int64)
-        self.win.Lock(0, MPI.LOCK_SHARED)
-        self.win.Fetch_and_op(one, old, 0, target_disp=which, op=MPI.SUM)
-        self.win.Unlock(0)
-        return int(old[0])
-
-    def read(self, which):
-        return self.add(which, 0)
-
-    def free(self):
-        self.win.Free()
-
-
-def _fmt_eta(seconds):
-    if not np.isfinite(seconds):
-        return "?"
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
-def _stopped_line(cfg, signum):
-    """The one line of a campaign stopped by a signal: what is kept, how to resume."""
-    kept = [s for s in range(cfg.n_shards) if shardio.read_record(cfg.out, s) is not None]
-    n = sum(len(cfg.shard_indices(s)) for s in kept)
-    return (f"simulate stopped by {interrupts.signal_name(signum)}: {n} of {cfg.n_sims} simulations kept in "
-            f"{len(kept)} complete shards of {cfg.out}, partial shards discarded; rerun the same command to "
-            f"resume")
 
 
 def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
@@ -93,7 +51,7 @@ def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
               + (f"; regenerating corrupt shards {corrupt}" if corrupt else "")
               + f"; {comm.size} ranks in {comm.size // rps} groups of {rps}", file=stream, flush=True)
 
-    counters = _Counters(comm)
+    counters = Counters(comm)
     t_sim = t_io = 0.0
     n_mine = 0
     last_print = 0.0
@@ -129,7 +87,7 @@ def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
                     last_print = time.perf_counter()
                     rate = done / (last_print - t_loop)
                     print(f"simulate: {done_before + done}/{cfg.n_sims} done, {rate:.2f} sims/s, "
-                          f"ETA {_fmt_eta((to_do - done) / rate if rate > 0 else np.inf)}",
+                          f"ETA {fmt_eta((to_do - done) / rate if rate > 0 else np.inf)}",
                           file=stream, flush=True)
             t0 = time.perf_counter()
             if leader:
@@ -153,7 +111,7 @@ def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
     clear_mesh_cache(group)
     group.Free()
     if stopped:
-        raise interrupts.Interrupted(stopped, _stopped_line(cfg, stopped) if comm.rank == 0 else "")
+        raise interrupts.Interrupted(stopped, stopped_line(cfg, stopped) if comm.rank == 0 else "")
     if comm.rank != 0:
         return None
     summary = _finish(cfg, comm.size, totals, wall, done_now, done_before)

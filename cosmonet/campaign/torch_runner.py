@@ -2,7 +2,7 @@
 
 Every MPI rank is its own group and drives one device: the GPU of its local rank on the
 node (``cuda:{local_rank % device_count}``) or the CPU. Ranks take shards from the same
-dynamic queue as the MPI engine (:class:`cosmonet.campaign.runner._Counters`), run a
+dynamic queue as the MPI engine (:class:`cosmonet.campaign.shard_queue.Counters`), run a
 shard's simulations in batches of ``batch_size`` boxes through
 :func:`cosmonet.torchpm.simulate.run_batch` (per-box seeds and cosmologies from the plan),
 and write the same shards, records, manifest, progress lines and summary. The white
@@ -21,7 +21,7 @@ from .. import interrupts
 from ..errors import InputError
 from . import store as shardio
 from .plan import plan
-from .runner import _Counters, _fmt_eta, _stopped_line
+from .shard_queue import Counters, fmt_eta, stopped_line
 from .store import config_yaml
 
 #: environment variables that name a process's rank on its node (Open MPI, SLURM, MPICH)
@@ -100,7 +100,7 @@ def run_torch_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
               + f"; engine torch on {comm.size} ranks ({', '.join(names)}), batches of {cfg.batch_size}",
               file=stream, flush=True)
 
-    counters = _Counters(comm)
+    counters = Counters(comm)
     want = tuple(f for f in cfg.fields if f != "density")
     density_nmesh = cfg.density_nmesh if "density" in cfg.fields else None
     t_sim = t_io = 0.0
@@ -144,7 +144,7 @@ def run_torch_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
                     last_print = time.perf_counter()
                     rate = done / (last_print - t_loop)
                     print(f"simulate: {done_before + done}/{cfg.n_sims} done, {rate:.2f} sims/s, "
-                          f"ETA {_fmt_eta((to_do - done) / rate if rate > 0 else np.inf)}",
+                          f"ETA {fmt_eta((to_do - done) / rate if rate > 0 else np.inf)}",
                           file=stream, flush=True)
             t0 = time.perf_counter()
             writer.close()
@@ -164,7 +164,7 @@ def run_torch_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
     done_now = counters.read(1)
     counters.free()
     if stopped:
-        raise interrupts.Interrupted(stopped, _stopped_line(cfg, stopped) if comm.rank == 0 else "")
+        raise interrupts.Interrupted(stopped, stopped_line(cfg, stopped) if comm.rank == 0 else "")
     if comm.rank != 0:
         return None
     records = [shardio.read_record(cfg.out, s) for s in range(cfg.n_shards)]

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
-from ..errors import InputError
+from ..errors import InputError, TrainingError  # noqa: F401  (TrainingError: callers import it from here)
 from ..interrupts import stop_training
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
 from .dist import init_backend
@@ -37,10 +37,6 @@ from .sampler import ShardedBatchSampler
 from .schedule import BudgetClock, BudgetSchedule
 from .staged import FiniteGuard, make_batch_source
 from .trainconfig import TrainConfig, validate_train_config
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss or data); the message names the step."""
 
 
 def _say(backend, msg):

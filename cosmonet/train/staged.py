@@ -35,7 +35,7 @@ import time
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, TrainingError
 
 MARGIN = 1.1               # on the staging estimate
 CUDA_FREE_FRACTION = 0.5   # of torch.cuda.mem_get_info()[0]
@@ -277,7 +277,6 @@ class FiniteGuard:
         return step % self.every == 0
 
     def check(self, backend, last_ckpt):
-        from .loop import TrainingError
         flags = torch.zeros(backend.size, 2, dtype=torch.int64, device=self.device)
         flags[backend.rank] = self.first
         flags = backend.allreduce_sum(flags).cpu()
