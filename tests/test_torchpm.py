@@ -192,7 +192,7 @@ def test_cli_torch_engine_refuses_cuda_without_cuda_and_many_ranks(tmp_path, cap
     base = ["run-sim", "--nc", "4", "--steps", "1", "--quiet", "--out", str(tmp_path / "x.h5")]
     cases = [(["--engine", "mpi", "--device", "cuda:0"], "--device cuda:0 needs --engine torch")]
     if not torch.cuda.is_available():
-        cases.append((["--engine", "torch", "--device", "cuda"], "'cuda' requested but CUDA is not available"))
+        cases.append((["--engine", "torch", "--device", "cuda"], "--device cuda: CUDA is not available"))
     for extra, needle in cases:
         assert main(base + extra) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -18,7 +18,7 @@ from ..mesh import clear_mesh_cache
 from ..sim.simulation import density_contrast, gather_fields, run_simulation
 from . import store as shardio
 from .plan import plan
-from .shard_queue import Counters, fmt_eta, stopped_line
+from .shard_queue import Counters, finish, print_progress, shard_status, stopped_line
 from .store import config_yaml  # noqa: F401  (the CLI's entry points)
 
 
@@ -44,7 +44,7 @@ def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
     leader = group.rank == 0
     specs = plan(cfg)
 
-    pending, corrupt, done_before = _shard_status(cfg, comm)
+    pending, corrupt, done_before = shard_status(cfg, comm)
     to_do = cfg.n_sims - done_before
     if comm.rank == 0 and show_progress:
         print(f"simulate: {cfg.n_sims} simulations in {cfg.n_shards} shards; {done_before} already done"
@@ -84,11 +84,7 @@ def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
                 t_sim += t1 - t0
                 t_io += time.perf_counter() - t1
                 if comm.rank == 0 and show_progress and time.perf_counter() - last_print > 0.5:
-                    last_print = time.perf_counter()
-                    rate = done / (last_print - t_loop)
-                    print(f"simulate: {done_before + done}/{cfg.n_sims} done, {rate:.2f} sims/s, "
-                          f"ETA {fmt_eta((to_do - done) / rate if rate > 0 else np.inf)}",
-                          file=stream, flush=True)
+                    last_print = print_progress(cfg, done_before, done, to_do, t_loop, stream)
             t0 = time.perf_counter()
             if leader:
                 writer.close()
@@ -114,22 +110,7 @@ def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
         raise interrupts.Interrupted(stopped, stopped_line(cfg, stopped) if comm.rank == 0 else "")
     if comm.rank != 0:
         return None
-    summary = _finish(cfg, comm.size, totals, wall, done_now, done_before)
-    if show_progress:
-        print(f"simulate: {cfg.n_sims}/{cfg.n_sims} done in {wall:.1f} s", file=stream, flush=True)
-    return summary
-
-
-def _shard_status(cfg, comm):
-    """(pending shards, corrupt shards, simulations already done): each rank hashes a share
-    of the shards, and all learn every status."""
-    mine = [s for s in range(cfg.n_shards) if s % comm.size == comm.rank]
-    status = {s: shardio.check_shard(cfg.out, s, cfg) for s in mine}
-    status = {k: v for part in comm.allgather(status) for k, v in part.items()}
-    pending = [s for s in range(cfg.n_shards) if status[s] != "ok"]
-    corrupt = [s for s in pending if status[s] == "corrupt"]
-    done_before = sum(len(cfg.shard_indices(s)) for s in range(cfg.n_shards) if status[s] == "ok")
-    return pending, corrupt, done_before
+    return finish(cfg, comm.size, totals, wall, done_now, done_before, stream if show_progress else None)
 
 
 def _needed(cfg):
@@ -148,22 +129,3 @@ def _gather(cfg, result):
         if result.pm.comm.rank == 0:
             full["density"] = delta
     return full
-
-
-def _finish(cfg, n_ranks, totals, wall, done_now, done_before):
-    """Rank 0, after the run: the manifest from every shard's record, and the summary."""
-    rps = cfg.ranks_per_sim
-    records = [shardio.read_record(cfg.out, s) for s in range(cfg.n_shards)]
-    missing = [s for s, r in enumerate(records) if r is None]
-    if missing:
-        raise RuntimeError(f"shards {missing[:5]} have no record after the run")
-    shardio.write_manifest(cfg.out, cfg, records)
-    t_sim, t_io, _ = totals
-    summary = {"out": cfg.out, "n_sims": cfg.n_sims, "simulated_this_run": done_now,
-               "already_done": done_before, "ranks": n_ranks, "ranks_per_sim": rps,
-               "wall_seconds": round(wall, 3),
-               "sims_per_second_per_rank": round(done_now / wall / n_ranks, 4) if wall > 0 else None,
-               "simulation_seconds": round(float(t_sim) / rps, 3),
-               "io_seconds": round(float(t_io) / rps, 3),
-               "overhead_fraction": round(float(t_io) / float(t_sim), 4) if t_sim > 0 else None}
-    return summary

@@ -21,7 +21,7 @@ from .. import interrupts
 from ..errors import InputError
 from . import store as shardio
 from .plan import plan
-from .shard_queue import Counters, fmt_eta, stopped_line
+from .shard_queue import Counters, finish, print_progress, shard_status, stopped_line
 from .store import config_yaml
 
 #: environment variables that name a process's rank on its node (Open MPI, SLURM, MPICH)
@@ -85,13 +85,7 @@ def run_torch_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
     devices = comm.allgather(device)
     specs = plan(cfg)
 
-    # which shards are already complete: each rank hashes a share of them
-    mine = [s for s in range(cfg.n_shards) if s % comm.size == comm.rank]
-    status = {s: shardio.check_shard(cfg.out, s, cfg) for s in mine}
-    status = {k: v for part in comm.allgather(status) for k, v in part.items()}
-    pending = [s for s in range(cfg.n_shards) if status[s] != "ok"]
-    corrupt = [s for s in pending if status[s] == "corrupt"]
-    done_before = sum(len(cfg.shard_indices(s)) for s in range(cfg.n_shards) if status[s] == "ok")
+    pending, corrupt, done_before = shard_status(cfg, comm)
     to_do = cfg.n_sims - done_before
     if comm.rank == 0 and show_progress:
         names = sorted(set(devices))
@@ -141,11 +135,7 @@ def run_torch_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
                 t_sim += t1 - t0
                 t_io += time.perf_counter() - t1
                 if comm.rank == 0 and show_progress and time.perf_counter() - last_print > 0.5:
-                    last_print = time.perf_counter()
-                    rate = done / (last_print - t_loop)
-                    print(f"simulate: {done_before + done}/{cfg.n_sims} done, {rate:.2f} sims/s, "
-                          f"ETA {fmt_eta((to_do - done) / rate if rate > 0 else np.inf)}",
-                          file=stream, flush=True)
+                    last_print = print_progress(cfg, done_before, done, to_do, t_loop, stream)
             t0 = time.perf_counter()
             writer.close()
             t_io += time.perf_counter() - t0
@@ -167,20 +157,5 @@ def run_torch_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
         raise interrupts.Interrupted(stopped, stopped_line(cfg, stopped) if comm.rank == 0 else "")
     if comm.rank != 0:
         return None
-    records = [shardio.read_record(cfg.out, s) for s in range(cfg.n_shards)]
-    missing = [s for s, r in enumerate(records) if r is None]
-    if missing:
-        raise RuntimeError(f"shards {missing[:5]} have no record after the run")
-    shardio.write_manifest(cfg.out, cfg, records)
-    t_sim, t_io, _ = totals
-    summary = {"out": cfg.out, "n_sims": cfg.n_sims, "simulated_this_run": done_now,
-               "already_done": done_before, "ranks": comm.size, "ranks_per_sim": 1,
-               "engine": "torch", "devices": sorted(set(devices)), "batch_size": cfg.batch_size,
-               "wall_seconds": round(wall, 3),
-               "sims_per_second_per_rank": round(done_now / wall / comm.size, 4) if wall > 0 else None,
-               "simulation_seconds": round(float(t_sim), 3),
-               "io_seconds": round(float(t_io), 3),
-               "overhead_fraction": round(float(t_io) / float(t_sim), 4) if t_sim > 0 else None}
-    if show_progress:
-        print(f"simulate: {cfg.n_sims}/{cfg.n_sims} done in {wall:.1f} s", file=stream, flush=True)
-    return summary
+    return finish(cfg, comm.size, totals, wall, done_now, done_before, stream if show_progress else None,
+                  extra={"engine": "torch", "devices": sorted(set(devices)), "batch_size": cfg.batch_size})

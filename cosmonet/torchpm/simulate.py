@@ -29,19 +29,10 @@ FIELDS = ("za/disp", "za/vel", "lpt2/disp", "lpt2/vel", "fastpm/disp", "fastpm/v
 
 
 def resolve_device(device):
-    """A torch.device, or an InputError naming the problem (e.g. CUDA not available)."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InputError(f"device {device!r} is not a torch device ({exc})") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"device {device!r} requested but CUDA is not available (torch {torch.__version__})")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise InputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type != "cpu":
-        raise InputError(f"device {device!r}: only cpu and cuda are supported")
-    return dev
+    """A torch.device, or an InputError naming the problem (e.g. CUDA not available);
+    a torch.device passes through (:func:`cosmonet.resources.check_device`)."""
+    from ..resources import check_device
+    return device if isinstance(device, torch.device) else check_device(device)
 
 
 def _cosmologies(config, cosmologies, B):
