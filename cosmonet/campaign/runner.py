@@ -9,16 +9,13 @@ simulations, from which rank 0 prints one progress line for the whole campaign.
 import sys
 import time
 
-import numpy as np
-from mpi4py import MPI
-
 from .. import interrupts
 from ..errors import InputError
 from ..mesh import clear_mesh_cache
 from ..sim.simulation import density_contrast, gather_fields, run_simulation
 from . import store as shardio
 from .plan import plan
-from .shard_queue import Counters, finish, print_progress, shard_status, stopped_line
+from .shard_queue import Counters, end_of_run, finish, print_progress, shard_status, stopped_line
 from .store import config_yaml  # noqa: F401  (the CLI's entry points)
 
 
@@ -98,12 +95,7 @@ def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
             break
     if leader and halted:
         counters.add(0, len(pending))        # the other groups take no new shard
-    comm.Barrier()
-    stopped = interrupts.group_stop(comm)
-    wall = time.perf_counter() - t_start
-    totals = comm.reduce(np.array([t_sim, t_io, n_mine]), op=MPI.SUM, root=0)
-    done_now = counters.read(1)
-    counters.free()
+    stopped, wall, totals, done_now = end_of_run(cfg, comm, counters, t_start, (t_sim, t_io, n_mine))
     clear_mesh_cache(group)
     group.Free()
     if stopped:

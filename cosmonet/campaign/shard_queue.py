@@ -53,6 +53,20 @@ def stopped_line(cfg, signum):
             f"resume")
 
 
+def end_of_run(cfg, comm, counters, t_start, timings):
+    """After the loop, on every rank: (the signal that stopped any rank or 0, wall seconds,
+    the (simulation s, I/O s, simulations) summed on rank 0, simulations done this run);
+    frees the counters. Collective."""
+    import time
+    comm.Barrier()
+    stopped = interrupts.group_stop(comm)
+    wall = time.perf_counter() - t_start
+    totals = comm.reduce(np.array(timings, dtype=float), op=MPI.SUM, root=0)
+    done_now = counters.read(1)
+    counters.free()
+    return stopped, wall, totals, done_now
+
+
 def print_progress(cfg, done_before, done, to_do, t_loop, stream):
     """The campaign's progress line (rank 0): simulations done, rate, ETA; returns the time."""
     import time

@@ -14,14 +14,13 @@ import os
 import sys
 import time
 
-import numpy as np
 from mpi4py import MPI
 
 from .. import interrupts
 from ..errors import InputError
 from . import store as shardio
 from .plan import plan
-from .shard_queue import Counters, finish, print_progress, shard_status, stopped_line
+from .shard_queue import Counters, end_of_run, finish, print_progress, shard_status, stopped_line
 from .store import config_yaml
 
 #: environment variables that name a process's rank on its node (Open MPI, SLURM, MPICH)
@@ -147,12 +146,7 @@ def run_torch_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
             break
     if halted:
         counters.add(0, len(pending))        # the other ranks take no new shard
-    comm.Barrier()
-    stopped = interrupts.group_stop(comm)
-    wall = time.perf_counter() - t_start
-    totals = comm.reduce(np.array([t_sim, t_io, n_mine]), op=MPI.SUM, root=0)
-    done_now = counters.read(1)
-    counters.free()
+    stopped, wall, totals, done_now = end_of_run(cfg, comm, counters, t_start, (t_sim, t_io, n_mine))
     if stopped:
         raise interrupts.Interrupted(stopped, stopped_line(cfg, stopped) if comm.rank == 0 else "")
     if comm.rank != 0:
