@@ -1,4 +1,6 @@
-"""Shared fixtures. ``trained_d3m``: one small D3M emulator trained once per session.
+"""Shared fixtures. ``tiny_pairs``: a 12-simulation campaign of 8^3 ZA/2LPT/FastPM pairs
+(splits 8/2/2) that the training tests read (never write). ``trained_d3m``: one small D3M
+emulator trained once per session.
 
 configs/d3m_small.yaml (U-Net, 16 base channels, depth 2), shortened to fit the suite:
 288 pairs of 32^3 particles in 128 Mpc/h (256 training, 32 held out, no validation
@@ -15,6 +17,23 @@ import pytest
 from mpi_util import cosmonet_exe, mpi_env, mpirun
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def tiny_pairs(tmp_path_factory):
+    """The directory of a tiny campaign: 12 pairs of 8^3 particles in 32 Mpc/h, 2 steps,
+    shards of 4, splits train 8 / val 2 / test 2. Read-only for the tests that use it."""
+    from mpi4py import MPI
+
+    from cosmonet.campaign.config import validate
+    from cosmonet.campaign.runner import prepare_directory, run_campaign
+    root = tmp_path_factory.mktemp("pairs")
+    cfg = validate({"n_sims": 12, "nc": 8, "box": 32.0, "steps": 2, "shard_size": 4, "seed": 3,
+                    "fields": ["za/disp", "lpt2/disp", "fastpm/disp"],
+                    "splits": {"train": 8, "val": 2, "test": 2}, "out": str(root)})
+    prepare_directory(cfg)
+    run_campaign(cfg, MPI.COMM_SELF, show_progress=False)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -8,24 +8,15 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from mpi4py import MPI
 
 from cosmonet.train.trainconfig import validate_train_config
 
 
 @pytest.fixture(scope="module")
-def campaign(tmp_path_factory):
-    from cosmonet.campaign.config import validate
-    from cosmonet.campaign.runner import prepare_directory, run_campaign
-    root = tmp_path_factory.mktemp("pairs")
-    cfg = validate({"n_sims": 12, "nc": 8, "box": 32.0, "steps": 2, "shard_size": 4, "seed": 3,
-                    "fields": ["za/disp", "lpt2/disp", "fastpm/disp"],
-                    "splits": {"train": 8, "val": 2, "test": 2}, "out": str(root)})
-    prepare_directory(cfg)
-    run_campaign(cfg, MPI.COMM_SELF, show_progress=False)
+def campaign(tiny_pairs):
     # torch's first optimiser imports torch._dynamo (seconds): pay it here, not in a budgeted run
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
-    return root
+    return tiny_pairs
 
 
 def config(root, out, data=None, **train):

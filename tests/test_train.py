@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from mpi4py import MPI
 
 from mpi_util import cosmonet_exe, mpi_env, mpirun
 
@@ -17,16 +16,8 @@ BIN = os.path.dirname(sys.executable)
 
 
 @pytest.fixture(scope="module")
-def campaign(tmp_path_factory):
-    from cosmonet.campaign.runner import prepare_directory, run_campaign
-    from cosmonet.campaign.config import validate
-    root = tmp_path_factory.mktemp("pairs")
-    cfg = validate({"n_sims": 12, "nc": 8, "box": 32.0, "steps": 2, "shard_size": 4, "seed": 3,
-                    "fields": ["za/disp", "lpt2/disp", "fastpm/disp"],
-                    "splits": {"train": 8, "val": 2, "test": 2}, "out": str(root)})
-    prepare_directory(cfg)
-    run_campaign(cfg, MPI.COMM_SELF, show_progress=False)
-    return root
+def campaign(tiny_pairs):
+    return tiny_pairs
 
 
 def write_config(path, root, out, **train):
