@@ -66,8 +66,9 @@ class GeneratedBatches:
         self.sim, self.taken = campaign_simulation(root)
         self.sampler, self.fields = sampler, tuple(fields)
         self.scale, self.seed, self.device = float(scale), int(seed), device
+        from ..torchpm.simulate import FIELDS
         for name in self.fields:
-            if name not in ("za/disp", "lpt2/disp", "fastpm/disp", "za/vel", "lpt2/vel", "fastpm/vel"):
+            if name not in FIELDS:
                 raise InputError(f"train config: data.source: generate makes displacement and velocity fields, "
                                  f"not {name!r}")
 
