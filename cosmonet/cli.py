@@ -193,7 +193,7 @@ def _add_power(sub):
 
 def cmd_power(args):
     from .io.guard import remove_on_failure
-    from .resources import BASE, check_node_memory
+    from .resources import BASE, check_node_memory, power_bytes
 
     comm = _comm()
     _check_int("--nmesh", args.nmesh, 2)
@@ -215,8 +215,7 @@ def cmd_power(args):
     attrs, row = comm.bcast(holder.get("desc"), root=0)
     nc = int(attrs["nc"])
     nmesh = nc if args.nmesh is None else args.nmesh
-    fields = 2 if args.second else 1
-    check_node_memory(comm, BASE + (fields * nc ** 3 * 48 + nmesh ** 3 * 8 * 6) // comm.size, 0,
+    check_node_memory(comm, BASE + power_bytes(nc, nmesh, 2 if args.second else 1) // comm.size, 0,
                       f"power (--nmesh {nmesh}, {nc}^3 particles)")
     with remove_on_failure(*((args.json, args.plot) if comm.rank == 0 else ())):
         return _power(args, comm, attrs, row, nmesh)

@@ -129,6 +129,13 @@ def campaign_disk_bytes(cfg, n_sims=None):
     return n * (per_sim + 256) + cfg.n_shards * 64 * 1024
 
 
+def power_bytes(nc, nmesh, n_fields):
+    """Memory of ``cosmonet power`` summed over its ranks, without ``BASE``: the float64
+    positions and their copies of ``n_fields`` fields of nc^3 particles (48 B a particle),
+    and six float64 copies of the nmesh^3 painting mesh and its transform."""
+    return int(n_fields) * int(nc) ** 3 * 48 + int(nmesh) ** 3 * 8 * 6
+
+
 def emulate_bytes(n, base_channels, cells_at_once):
     """Memory of ``cosmonet emulate`` on an n^3 box: four copies of the 3-channel field and
     the network's activations on ``cells_at_once`` voxels (the box, or a batch of tiles)."""
