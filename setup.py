@@ -7,6 +7,8 @@ setup(
     description="MPI particle-mesh simulations (ZA, 2LPT, FastPM) and 3D deep learning for cosmology",
     python_requires=">=3.10",
     packages=find_packages(include=["cosmonet", "cosmonet.*"]),
+    # the shipped networks (cosmonet/pretrained/NAME/: weights.pt, card.json, MODEL_CARD.md)
+    package_data={"cosmonet.pretrained": ["*/weights.pt", "*/card.json", "*/MODEL_CARD.md"]},
     install_requires=[
         "numpy>=1.24",
         "scipy>=1.10",

@@ -20,6 +20,8 @@ available, on CUDA:
 CUDA runs two modes: ``fp32`` (torch defaults; cuDNN may use TF32, see
 ``machine.cuda.cudnn_allow_tf32``) and ``bf16_channels_last`` (bf16 autocast, model and
 input in ``channels_last_3d``; its bare convolutions take bf16 channels_last tensors).
+The CPU runs ``fp32`` and, on CPUs with native bfloat16 (AVX512-BF16, AMX), ``bf16``
+(bf16 autocast as ``train.precision: bf16``); ``--cpu-modes`` chooses.
 One JSON document goes to stdout; progress goes to stderr.
 
     .venv/bin/python benchmarks/bench_conv.py > conv.json          # CPU ~1-2 min (+ CUDA)
@@ -133,9 +135,11 @@ class Clock:
 
 
 def mode_settings(mode):
+    """``fp32``; ``bf16`` (bf16 autocast, contiguous: the CPU trainer's ``train.precision:
+    bf16``); ``bf16_channels_last`` (bf16 autocast and channels_last_3d: the CUDA trainer)."""
     cl = mode == "bf16_channels_last"
     return {"memory_format": torch.channels_last_3d if cl else torch.contiguous_format,
-            "autocast_dtype": torch.bfloat16 if cl else None}
+            "autocast_dtype": torch.bfloat16 if mode.startswith("bf16") else None}
 
 
 def time_train_steps(model, device, mode, batch, n, warmup, repeats):
@@ -264,6 +268,8 @@ def main(argv=None):
     ap.add_argument("--cpu-repeats-large", type=int, default=2,
                     help="timed steps per batch for base > 32 on CPU (default 2)")
     ap.add_argument("--cpu-warmup", type=int, default=1)
+    ap.add_argument("--cpu-modes", default=None,
+                    help="CPU modes: fp32, bf16 (default fp32,bf16 on a CPU with native bfloat16, else fp32)")
     ap.add_argument("--cuda-batches", type=int_list, default=[1, 2, 4, 8, 16, 32])
     ap.add_argument("--cuda-compare-batches", type=int_list, default=[4, 32])
     ap.add_argument("--cuda-modes", default="fp32,bf16_channels_last")
@@ -289,7 +295,11 @@ def main(argv=None):
            "settings": {k: v for k, v in vars(args).items() if k != "indent"}, "runs": []}
     for dev in devices:
         device = torch.device(dev)
-        modes = ["fp32"] if dev == "cpu" else [m for m in args.cuda_modes.split(",") if m]
+        if dev == "cpu":
+            from cosmonet.hardware import cpu_has_native_bf16
+            modes = [m for m in (args.cpu_modes or ("fp32,bf16" if cpu_has_native_bf16() else "fp32")).split(",") if m]
+        else:
+            modes = [m for m in args.cuda_modes.split(",") if m]
         for mode in modes:
             for base in args.bases:
                 t0 = time.perf_counter()

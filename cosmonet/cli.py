@@ -445,6 +445,8 @@ def cmd_train(args):
     if not os.path.isdir(cfg["data"]["root"]):
         raise InputError(f"train config: data.root {cfg['data']['root']} is not a directory")
     _check_resume(args, cfg, out, _launcher_rank() == 0)
+    from .hardware import set_torch_threads
+    set_torch_threads()                    # the trainer's first line says how many
     from .train.loop import TrainingError, train
     with handling("flag"), remove_on_failure(*((out,) if _launcher_rank() == 0 else ()), keep=_has_checkpoints):
         try:
@@ -512,15 +514,17 @@ def _evaluate(args):
     _check_int("--max-boxes", args.max_boxes, 1)
     _check_positive("--k-max", args.k_max)
     cfg = load_train_config(args.config, args.overrides)
+    from .train.checkpoint import checkpoint_argument
+    args.checkpoint = checkpoint_argument(args.checkpoint)
     _refuse_overwrite({"config": args.config, "--checkpoint": args.checkpoint, "data.root": cfg["data"]["root"]},
                       {"--json": args.json, "--plots": args.plots})
     check_writable_dir(args.json)
     if args.plots and os.path.exists(args.plots) and not os.path.isdir(args.plots):
         raise InputError(f"--plots {args.plots} exists and is not a directory")
-    if not os.path.exists(args.checkpoint):
-        raise InputError(f"checkpoint {args.checkpoint} does not exist")
     from .emulate import load_emulator
+    from .hardware import set_torch_threads
     from .train.loop import is_param_task
+    set_torch_threads()
     model, norm, state = load_emulator(args.checkpoint)
     is_paramnet = state["model_signature"]["name"] == "paramnet"
     if is_paramnet != is_param_task(cfg):
@@ -533,7 +537,7 @@ def _evaluate(args):
 
 
 def _evaluate_d3m(args, cfg, model, norm):
-    from .analysis.d3m_eval import evaluate_d3m, plot_report
+    from .analysis.d3m_eval import evaluate_d3m, plot_report, report_table
     from .io.atomic import write_json
     from .data import ShardDataset
     d = cfg["data"]
@@ -543,8 +547,11 @@ def _evaluate_d3m(args, cfg, model, norm):
     report, slices = evaluate_d3m(model.to(device), test, norm["scale"], device=device, max_boxes=args.max_boxes)
     from .train.checkpoint import resolve_checkpoint
     report["checkpoint"] = os.path.abspath(resolve_checkpoint(args.checkpoint))
+    report["precision"] = "fp32"              # inference; training precision: the checkpoint's
+    report["torch_threads"] = torch.get_num_threads()
     write_json(args.json, report)
     plots = plot_report(report, slices, args.plots) if args.plots else []
+    print(report_table(report), file=sys.stderr, flush=True)
     print(json.dumps({"json": args.json, "plots": plots, "displacement_error": report["displacement_error"]}))
     return 0
 
@@ -604,19 +611,21 @@ def cmd_emulate(args):
         return 0
     _check_int("--tile", args.tile, 1)
     _check_int("--margin", args.margin, 0)
+    from .train.checkpoint import checkpoint_argument
+    args.checkpoint = checkpoint_argument(args.checkpoint)
     _refuse_overwrite({"--input": args.input, "--checkpoint": args.checkpoint}, {"--out": args.out})
     check_writable_dir(args.out)
     if not os.path.isfile(args.input):
         raise InputError(f"--input {args.input} is not a file")
-    if not os.path.exists(args.checkpoint):
-        raise InputError(f"checkpoint {args.checkpoint} does not exist")
     shape = _emulate_input_shape(args.input)
     n = shape[-1]
     if args.tile is not None and args.tile < n and n % args.tile:
         raise InputError(f"emulate: --tile {args.tile} does not divide the box of {n} cells")
     from .emulate import check_tiling, emulate_box, load_emulator
+    from .hardware import set_torch_threads
     from .probes.command import check_emulator
     from .train.checkpoint import resolve_checkpoint
+    threads = set_torch_threads()
     model, norm, state = load_emulator(args.checkpoint)
     check_emulator(state, args.checkpoint)
     margin = args.margin
@@ -628,14 +637,19 @@ def cmd_emulate(args):
     need = emulate_bytes(n, channels, min(cells, 8 * n ** 3))
     check_memory(need, f"emulate on {n}^3 cells" + (f" in tiles of {args.tile}" if tiled else ""))
     disp, attrs, others = read_displacements(args.input)
+    from .emulate import outside_training
+    for line in outside_training(state.get("training_setup"), attrs):
+        print(f"emulate: warning: {args.input} lies outside the network's training: {line}", file=sys.stderr,
+              flush=True)
     n_tiles = (n // args.tile) ** 3 if tiled else 1
     print(f"emulate: {n}^3 cells of {args.input}, " + (f"{n_tiles} tiles of {args.tile}^3 + {margin} cells of "
-          f"context" if tiled else "the whole box in one pass") + f", about {need / 2 ** 30:.1f} GiB",
+          f"context" if tiled else "the whole box in one pass") + f", about {need / 2 ** 30:.1f} GiB, "
+          f"fp32 on {threads}",
           file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     pred = emulate_box(model, disp, norm["scale"], tile=args.tile, margin=margin, progress=_tile_progress(t0))
     summary = {"out": args.out, "n": int(disp.shape[-1]), "seconds": round(time.perf_counter() - t0, 3),
-               "tile": args.tile}
+               "tile": args.tile, "precision": "fp32"}
     if "fastpm" in others:
         summary["displacement_error_vs_fastpm"] = _errors_vs_fastpm(pred, disp, others)
     write_emulated(args.out, pred, attrs, dict(others, za=disp), resolve_checkpoint(args.checkpoint), args.input)

@@ -40,14 +40,63 @@ def load_emulator(path, device="cpu"):
     return model, state["normalization"], state
 
 
+#: relative difference beyond which an input's setting counts as outside the training set-up
+SETUP_TOLERANCE = 1e-3
+
+
+def outside_training(setup, attrs):
+    """Lines naming each way the input file (root ``attrs`` of a simulation file) lies
+    outside what the network was trained on (``setup``: a checkpoint's ``training_setup``):
+    cell size (Mpc/h), a_final and each cosmological parameter, with both values. Empty
+    when the checkpoint records no set-up or everything agrees."""
+    if not isinstance(setup, dict):
+        return []
+    lines = []
+
+    def differs(a, b):
+        return abs(float(a) - float(b)) > SETUP_TOLERANCE * max(abs(float(a)), abs(float(b)), 1e-12)
+
+    try:
+        cell_in = float(attrs["box_size"]) / float(attrs["nc"])
+        cell_tr = float(setup["box"]) / float(setup["nc"])
+        if differs(cell_in, cell_tr):
+            lines.append(f"cell size {cell_in:g} Mpc/h (box {float(attrs['box_size']):g} / {int(attrs['nc'])}), "
+                         f"trained on {cell_tr:g} Mpc/h")
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        pass
+    if "a_final" in attrs and differs(attrs["a_final"], setup["a_final"]):
+        lines.append(f"a_final {float(attrs['a_final']):g}, trained on {float(setup['a_final']):g}")
+    for key, trained in sorted((setup.get("cosmology") or {}).items()):
+        if isinstance(trained, (int, float)) and key in attrs:
+            try:
+                given = float(attrs[key])
+            except (TypeError, ValueError):
+                continue
+            if given == given and differs(given, trained):
+                lines.append(f"{key} {given:g}, trained on {float(trained):g}")
+    return lines
+
+
+def _local_part(model):
+    """(function, input channels) of the local part of ``model``: its convolutions after the
+    whole-box features (the U-Net's 2LPT prior, :meth:`~cosmonet.models.UNet.features`),
+    or the model itself."""
+    if hasattr(model, "from_features"):
+        return model.from_features, model.feature_channels
+    return model, None
+
+
 def receptive_radius(model, n=32, channels=3, device="cpu"):
     """Cells over which one input voxel influences the output (measured, not assumed):
-    the half-width of the output's response to a point perturbation at the centre."""
-    x = torch.zeros(1, channels, n, n, n, device=device)
+    the half-width of the output's response to a point perturbation at the centre, for
+    the local part of the model (after its whole-box features, see :func:`_local_part`)."""
+    fn, feature_channels = _local_part(model)
+    x = torch.zeros(1, feature_channels or channels, n, n, n, device=device)
     with torch.no_grad():
-        base = model(x)
+        base = fn(x)
         x[0, :, n // 2, n // 2, n // 2] = 1.0
-        diff = (model(x) - base - x).abs().sum(dim=(0, 1))
+        out = fn(x)
+        diff = (out - base - x[:, -out.shape[1]:]).abs().sum(dim=(0, 1))
     idx = torch.nonzero(diff > 1e-7 * diff.max())
     if len(idx) == 0:
         return 0
@@ -141,9 +190,15 @@ def emulate_box(model, disp, scale, tile=None, margin=None, batch=8, device="cpu
 
 def emulate_tiles(model, x, scale, tile, margin, batch=8, device="cpu", progress=None):
     """The tiled pass of :func:`emulate_box` on the normalised field ``x`` (3, n, n, n),
-    without its checks (tests use it to show what a short margin or a GroupNorm does)."""
+    without its checks (tests use it to show what a short margin or a GroupNorm does).
+    Whole-box features (the 2LPT prior) are computed once on the whole box; the tiles run
+    the local part of the model on them."""
     n = x.shape[-1]
     out = np.empty(tuple(x.shape), dtype=np.float32)
+    fn, feature_channels = _local_part(model)
+    if feature_channels is not None:
+        with torch.no_grad():
+            x = model.features(x[None].to(device))[0].cpu()
     corners = _tiles(n, tile)
     span = np.arange(-margin, tile + margin)
     with torch.no_grad():
@@ -153,7 +208,7 @@ def emulate_tiles(model, x, scale, tile, margin, batch=8, device="cpu", progress
             for (i, j, k) in group:
                 ix, iy, iz = (np.mod(c + span, n) for c in (i, j, k))
                 cubes.append(x[:, ix][:, :, iy][:, :, :, iz])
-            pred = model(torch.stack(cubes).to(device)).cpu().numpy()
+            pred = fn(torch.stack(cubes).to(device)).cpu().numpy()
             for (i, j, k), p in zip(group, pred):
                 core = p[:, margin:margin + tile, margin:margin + tile, margin:margin + tile]
                 out[:, i:i + tile, j:j + tile, k:k + tile] = core * scale

@@ -103,7 +103,7 @@ def world(tmp_path_factory):
 
 def _final(out):
     from cosmonet.train.checkpoint import latest_checkpoint
-    return torch.load(latest_checkpoint(str(out)), map_location="cpu", weights_only=False)
+    return torch.load(latest_checkpoint(str(out)), map_location="cpu", weights_only=True)
 
 
 def _same_params(a, b, atol=1e-7):

@@ -236,5 +236,5 @@ def test_generated_pairs_never_repeat_and_resume_exactly(campaign, tmp_path):
     run(config(campaign, tmp_path / "b", data={"source": "generate"}, epochs=2, max_steps=5))
     resumed, _, _ = run(config(campaign, tmp_path / "b", data={"source": "generate"}, epochs=2), resume=True)
     assert straight["batches"] == resumed["batches"] == "GeneratedBatches" and straight["steps"] == 8
-    a, b = (torch.load(s["checkpoint"], weights_only=False)["model"] for s in (straight, resumed))
+    a, b = (torch.load(s["checkpoint"], weights_only=True)["model"] for s in (straight, resumed))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6

@@ -24,7 +24,8 @@ def write_config(path, root, out, **train):
     cfg = {"model": {"name": "unet", "base_channels": 4, "depth": 1, "norm": "group", "residual": True},
            "data": {"root": str(root), "scale": 4.0, "augment": True, "num_workers": 0},
            "train": dict({"batch_size": 4, "base_batch": 4, "lr": 1e-3, "epochs": 3, "checkpoint_every": 2,
-                          "log_every": 1, "seed": 5, "scheduler": "cosine"}, **train),
+                          "log_every": 1, "seed": 5, "scheduler": "cosine",
+                          "precision": "fp32"}, **train),
            "out": str(out)}
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -32,7 +33,7 @@ def write_config(path, root, out, **train):
 
 def final_params(out):
     from cosmonet.train.checkpoint import latest_checkpoint
-    state = torch.load(latest_checkpoint(str(out)), map_location="cpu", weights_only=False)
+    state = torch.load(latest_checkpoint(str(out)), map_location="cpu", weights_only=True)
     return state["model"], state
 
 

@@ -91,6 +91,25 @@ def evaluate_d3m(model, dataset, scale, device="cpu", max_boxes=None):
     return report, first
 
 
+def report_table(report, ks=(0.1, 0.3, 0.5)):
+    """The report as a small text table: per method the displacement error and the density
+    T(k) and r(k) at the bins nearest ``ks`` (h/Mpc)."""
+    k = np.asarray(report["k"], dtype=float)
+    finite = np.flatnonzero(np.isfinite(k))
+    picks = sorted({int(finite[np.argmin(np.abs(k[finite] - kk))]) for kk in ks})
+    names = {"model": "model", "lpt2": "2LPT", "za": "ZA"}
+    head = f"{'vs FastPM':<10}{'error':>8}" + "".join(f"{'T(' + format(k[i], '.2f') + ')':>9}" for i in picks) \
+        + "".join(f"{'r(' + format(k[i], '.2f') + ')':>9}" for i in picks)
+    rows = [f"{report['n_boxes']} boxes of {report['nc']}^3 in {report['box_size']:g} Mpc/h; density T(k) = "
+            f"P/P_FastPM and r(k), k in h/Mpc", head]
+    for m in METHODS:
+        dens = report["density"]
+        rows.append(f"{names[m]:<10}{100 * report['displacement_error'][m]:>7.2f}%"
+                    + "".join(f"{dens['T_' + m][i]:>9.3f}" for i in picks)
+                    + "".join(f"{dens['r_' + m][i]:>9.4f}" for i in picks))
+    return "\n".join(rows)
+
+
 def plot_report(report, slices, out_dir):
     """density_slices.png and transfer.png in ``out_dir``."""
     import matplotlib

@@ -37,6 +37,16 @@ box; for a zero input every layer's output is 2**depth-periodic, so in evaluatio
 Cost: one forward and backward of an 8^3 box per step at depth 2 (1/64 of a 32^3
 sample). The parameters are those of the plain network (a checkpoint of one loads
 into the other); only the signature differs.
+
+2LPT prior (``lpt2_prior=C``, 0 = off; ``model.lpt2_prior: auto`` in a training config
+fills C from the campaign, :func:`cosmonet.models.lpt_prior.lpt2_coefficient`): from its
+ZA input ``u`` the network computes the second-order displacement ``u + u_2``
+(:mod:`cosmonet.models.lpt_prior`, a few FFTs), reads both fields (2 x in_channels
+input channels to the first convolution) and, with ``residual``, adds ``u + u_2`` instead
+of ``u`` to its output: it learns the correction to 2LPT, and a rescaled, rotated or
+phase-shifted input gets its own exact 2LPT term. Its interface stays ZA in, displacement
+out. The prior is spectral, so it needs the whole periodic box: tiled emulation computes
+it on the whole box first (:meth:`UNet.features`, :meth:`UNet.from_features`).
 """
 from __future__ import annotations
 
@@ -56,11 +66,12 @@ class UNet(nn.Module):
     stride-2 downsamplings); ``norm`` ("batch", "group" or "none"); ``residual`` (add
     the input to the output); ``act`` ("relu" or "leaky_relu"); ``down_kernel`` (4 or
     3, stride-2 conv); ``up_kernel`` (2 or 4, stride-2 transposed conv); ``zero_anchor``
-    (subtract the answer to a zero input, so that f(0) = 0; see the module docstring).
+    (subtract the answer to a zero input, so that f(0) = 0; see the module docstring);
+    ``lpt2_prior`` (the coefficient C of :mod:`.lpt_prior`; 0: off; needs in_channels 3).
     """
 
     def __init__(self, in_channels=3, out_channels=3, base_channels=64, depth=2, norm="batch",
-                 residual=True, act="relu", down_kernel=4, up_kernel=2, zero_anchor=False):
+                 residual=True, act="relu", down_kernel=4, up_kernel=2, zero_anchor=False, lpt2_prior=0.0):
         super().__init__()
         for name, v, lo in (("in_channels", in_channels, 1), ("out_channels", out_channels, 1),
                             ("base_channels", base_channels, 1), ("depth", depth, 0)):
@@ -74,20 +85,29 @@ class UNet(nn.Module):
             raise ValueError(f"UNet: down_kernel must be 3 or 4 (got {down_kernel!r})")
         if up_kernel not in (2, 4):
             raise ValueError(f"UNet: up_kernel must be 2 or 4 (got {up_kernel!r})")
+        if isinstance(lpt2_prior, bool) or not isinstance(lpt2_prior, (int, float)) or lpt2_prior != lpt2_prior \
+                or abs(lpt2_prior) == float("inf"):
+            raise ValueError(f"UNet: lpt2_prior must be a finite number, the 2LPT coefficient (got {lpt2_prior!r})")
+        lpt2_prior = float(lpt2_prior)
+        if lpt2_prior and in_channels != 3:
+            raise ValueError(f"UNet: lpt2_prior needs a 3-component ZA displacement input (in_channels 3, "
+                             f"got {in_channels})")
         residual = bool(residual)
         if residual and in_channels != out_channels:
             raise ValueError(f"UNet: residual=True adds the input to the output, so in_channels "
                              f"({in_channels}) must equal out_channels ({out_channels})")
         self.config = dict(in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
                            depth=depth, norm=norm, residual=residual, act=act, down_kernel=down_kernel,
-                           up_kernel=up_kernel, zero_anchor=bool(zero_anchor))
+                           up_kernel=up_kernel, zero_anchor=bool(zero_anchor), lpt2_prior=lpt2_prior)
         self.in_channels, self.out_channels = in_channels, out_channels
+        self.lpt2_prior = lpt2_prior
+        self.feature_channels = 2 * in_channels if lpt2_prior else in_channels
         self.depth, self.residual, self.zero_anchor = depth, residual, bool(zero_anchor)
         ch = [base_channels * 2 ** level for level in range(depth + 1)]
         self.channels = ch
         kw = dict(norm=norm, act=act)
 
-        self.enc = nn.ModuleList([DoubleConv(in_channels, ch[0], **kw)])
+        self.enc = nn.ModuleList([DoubleConv(self.feature_channels, ch[0], **kw)])
         self.down = nn.ModuleList()
         for level in range(1, depth + 1):
             self.down.append(DownBlock(ch[level - 1], ch[level], kernel=down_kernel, **kw))
@@ -117,20 +137,33 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        out = self._body(x)
+        return self.from_features(self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the convolutions read: ``x``, or with the 2LPT prior ``cat(x, x + u_2(x))``
+        (computed over the whole periodic box ``x``, float32)."""
+        if not self.lpt2_prior:
+            return x
+        from .lpt_prior import second_order_displacement
+        lpt2 = x.float() + second_order_displacement(x, self.lpt2_prior)
+        return torch.cat([x, lpt2.to(x.dtype)], dim=1)
+
+    def from_features(self, f: torch.Tensor) -> torch.Tensor:
+        """The output for features ``f`` (:meth:`features`); local, so it can run on tiles."""
+        out = self._body(f)
         if self.zero_anchor:
-            out = out - self.zero_response(x)
+            out = out - self.zero_response(f)
         if self.residual:
-            out = out + x
+            out = out + f[:, -self.in_channels:]       # x, or its 2LPT displacement with the prior
         return out
 
     def zero_response(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain network's output (without the residual) for a zero input shaped like
+        """The plain network's output (without the residual) for zero features shaped like
         ``x``: computed on one (2**(depth+1))^3 box, BatchNorm in eval mode, tiled over x's box."""
         m = self.size_multiple
         if all(n % (2 * m) == 0 for n in x.shape[2:]):
             m *= 2          # (2 m)^3: more than one voxel per channel at the coarsest level (GroupNorm)
-        z = torch.zeros((1, self.in_channels, m, m, m), dtype=x.dtype, device=x.device)
+        z = torch.zeros((1, x.shape[1], m, m, m), dtype=x.dtype, device=x.device)
         norms = [mod for mod in self.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.training]
         for mod in norms:
             mod.eval()

@@ -109,8 +109,14 @@ def check_emulator(state, path):
 
 
 def _training_setup(args, state):
+    """(setup, note, where): the training set-up from --train-data, else the checkpoint's own
+    record of it (``training_setup``: every checkpoint since 0.2 and every shipped network),
+    else the checkpoint's data.root campaign."""
     from .planewave import ProbeSetup
+    recorded = state.get("training_setup")
     root = args.train_data or ((state.get("config") or {}).get("data") or {}).get("root")
+    if not args.train_data and isinstance(recorded, dict):
+        return ProbeSetup.from_record(recorded), None, root
     if not root:
         raise InputError(f"checkpoint {args.checkpoint} names no training campaign; pass --train-data DIR")
     if not os.path.exists(os.path.join(root, "campaign.yaml")):
@@ -189,8 +195,8 @@ def cmd_probe(args):
     amps = None if args.amplitudes is None else _floats(args.amplitudes, "--amplitudes")
     if amps is not None and (not amps or not all(math.isfinite(a) and a > 0 for a in amps)):
         raise InputError(f"--amplitudes must be numbers > 0 in Mpc/h (got {args.amplitudes!r})")
-    if not os.path.exists(args.checkpoint):
-        raise InputError(f"checkpoint {args.checkpoint} does not exist")
+    from ..train.checkpoint import checkpoint_argument
+    args.checkpoint = checkpoint_argument(args.checkpoint)
     from ..io.guard import refuse_overwrite, remove_on_failure
     names = [f"{kind}.json", f"{kind}.png"] + (["cosmology_error.png", "cosmology_T.png", "cosmology_r.png"]
                                               if kind == "cosmology" else [])
@@ -206,9 +212,11 @@ def cmd_probe(args):
 def _run_probe(args, kind, phase, phases, amps):
 
     from ..emulate import emulate_box, load_emulator
+    from ..hardware import set_torch_threads
     from ..train.checkpoint import load_checkpoint
     from .planewave import stderr_progress
 
+    threads = set_torch_threads()
     state = load_checkpoint(args.checkpoint)
     check_emulator(state, args.checkpoint)
     setup, setup_note, train_root = _training_setup(args, state)
@@ -222,6 +230,7 @@ def _run_probe(args, kind, phase, phases, amps):
             print(f"cosmonet probe: note: {note}", file=sys.stderr, flush=True)
     model, norm, _ = load_emulator(args.checkpoint, device=args.device)
     scale = float(norm["scale"])
+
 
     def predict(disp):
         return emulate_box(model, disp, scale, device=args.device)
@@ -256,18 +265,22 @@ def _run_probe(args, kind, phase, phases, amps):
         if not args.no_reference:
             split = ((state.get("config") or {}).get("data") or {}).get("test_split") or "test"
             try:
+                if not train_root:
+                    raise InputError("the checkpoint names no training campaign")
                 open_campaign(train_root, split, what="training campaign").close()
                 reference = (train_root, split)
             except InputError as exc:
                 notes.append(f"no training-cosmology baseline: {exc}")
         report = probe_cosmology(predict, args.data, setup, args.split, args.max_boxes, reference, progress)
         figures = plots.plot_cosmology(report, args.out)
-    report.update(checkpoint=os.path.abspath(args.checkpoint), training_campaign=os.path.abspath(train_root),
-                  notes=notes, seconds=round(time.perf_counter() - t0, 2))
+    report.update(checkpoint=os.path.abspath(args.checkpoint), training_campaign=os.path.abspath(train_root) if train_root else None,
+                  notes=notes, seconds=round(time.perf_counter() - t0, 2), precision="fp32",
+                  trained_precision=state.get("precision"), torch_threads=threads)
     if "mode" in report:
         report["k_requested"] = args.k if args.mode is None else None
     from ..io.atomic import write_json
     path = os.path.join(args.out, f"{kind}.json")
     write_json(path, report)
-    print(json.dumps({"json": path, "plots": figures, "seconds": report["seconds"], **_headline(kind, report)}))
+    print(json.dumps({"json": path, "plots": figures, "seconds": report["seconds"], "precision": "fp32",
+                      **_headline(kind, report)}))
     return 0

@@ -64,6 +64,13 @@ class ProbeSetup(SimConfig):
                 "k_fundamental": self.k_fundamental, "k_nyquist": self.k_nyquist}
 
     @classmethod
+    def from_record(cls, record):
+        """The set-up from a checkpoint's ``training_setup`` record (:func:`training_setup_record`)."""
+        from ..cosmology import Cosmology
+        fields = {k: record[k] for k in ("nc", "box", "steps", "boost", "a_start", "a_final")}
+        return cls(cosmology=Cosmology.from_dict(record["cosmology"]), **fields)
+
+    @classmethod
     def from_campaign(cls, root):
         """(setup, note) from a campaign directory's ``campaign.yaml`` (the training pairs).
 

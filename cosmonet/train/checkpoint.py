@@ -27,13 +27,41 @@ def unwrap(model):
 
 
 def rng_state():
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The RNG states of torch, numpy and Python in types ``torch.load(weights_only=True)``
+    reads: a tensor, and tuples of strings, ints, floats and a tensor (numpy's key)."""
+    kind, key, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = (str(kind), torch.from_numpy(np.asarray(key, dtype=np.int64)), int(pos), int(has_gauss),
+                   float(cached))
+    return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
 
 
 def set_rng_state(state):
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, key, pos, has_gauss, cached = state["numpy"]
+    key = key.numpy() if isinstance(key, torch.Tensor) else np.asarray(key)
+    np.random.set_state((kind, key.astype(np.uint32), int(pos), int(has_gauss), float(cached)))
     random.setstate(state["python"])
+
+
+def _numpy_globals():
+    """The numpy names a checkpoint of cosmonet <= 0.x holds (numpy's RNG key as an array):
+    array reconstruction and dtypes only, which build data and run no code of the file."""
+    names = []
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            names.append(getattr(__import__(module, fromlist=["_reconstruct"]), "_reconstruct"))
+        except (ImportError, AttributeError):
+            pass
+    names += [np.ndarray, np.dtype]
+    names += [type(np.dtype(t)) for t in ("uint32", "int64", "float64", "float32")]
+    return names
+
+
+def safe_load(path):
+    """``torch.load`` of ``path`` on the CPU with ``weights_only=True``: tensors and plain
+    Python data (and numpy arrays, for older checkpoints), never code from the file."""
+    with torch.serialization.safe_globals(_numpy_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def save_checkpoint(out, state):
@@ -108,9 +136,24 @@ def latest_checkpoint(out):
     return find_latest(out)[0]
 
 
+def checkpoint_argument(path, option="checkpoint"):
+    """The path a ``--checkpoint`` argument names: an existing file or run directory, or
+    the weights of a shipped network (``d3m_cpu`` or ``pretrained:d3m_cpu``,
+    :mod:`cosmonet.pretrained`); InputError when it is neither."""
+    from ..pretrained import available, resolve
+    found = resolve(path)
+    if found is None:
+        raise InputError(f"{option} {path} does not exist (nor is it a shipped network: "
+                         f"{', '.join(available()) or 'none shipped'})")
+    return found
+
+
 def resolve_checkpoint(path):
     """The checkpoint file meant by ``path``: a step_*.pt file, a run directory (its latest
-    checkpoint), or a ``checkpoints/latest`` pointer file."""
+    checkpoint), a ``checkpoints/latest`` pointer file, or the name of a shipped network."""
+    if not os.path.exists(path):
+        from ..pretrained import resolve
+        path = resolve(path) or path
     if os.path.isdir(path):
         found = latest_checkpoint(path) or latest_checkpoint(os.path.dirname(os.path.normpath(path)))
         if found is None:
@@ -129,9 +172,15 @@ def load_checkpoint(path, expect_signature=None):
     also be a run directory or its ``checkpoints/latest`` pointer (the newest checkpoint)."""
     path = resolve_checkpoint(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:   # torch.load fails in many ways (pickle, zip, EOF): all mean "not readable"
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        state = safe_load(path)
+    except Exception as exc:   # torch.load fails in many ways (pickle, zip, EOF, unsafe global): all "not readable"
+        text = str(exc)
+        unsafe = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", text)
+        if unsafe or "Weights only load failed" in text:
+            what = f"the Python object {unsafe.group(1)}" if unsafe else "Python objects beyond tensors and plain data"
+            raise InputError(f"checkpoint {path}: refused: it holds {what}, and "
+                             f"loading it could run code (cosmonet loads tensors and plain data only)") from None
+        first = text.splitlines()[0] if text else type(exc).__name__
         raise InputError(f"checkpoint {path}: cannot be read ({first})") from None
     if not isinstance(state, dict) or "model" not in state or "model_signature" not in state:
         raise InputError(f"checkpoint {path}: not a cosmonet checkpoint")
@@ -146,7 +195,8 @@ def load_checkpoint(path, expect_signature=None):
 #: stderr line and a ``resume`` record in train_log.jsonl). ``train.epochs`` also stretches the
 #: cosine schedule's length from the resumed step on.
 RESUME_APPLIED = ("train.epochs", "train.max_steps", "train.checkpoint_every", "train.log_every",
-                  "train.check_every", "train.backend", "data.num_workers", "data.staging", "data.staging_limit_gb")
+                  "train.check_every", "train.backend", "data.num_workers", "data.staging", "data.staging_limit_gb",
+                  "train.precision")
 #: keys never compared: where the run lives
 RESUME_IGNORED = ("out",)
 

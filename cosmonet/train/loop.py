@@ -30,6 +30,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import InputError, TrainingError  # noqa: F401  (TrainingError: callers import it from here)
+from ..hardware import autocast as autocast_for
+from ..hardware import resolve_precision
 from ..interrupts import stop_training
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
 from .dist import init_backend
@@ -113,6 +115,32 @@ def _train_loss(cfg, box, model):
     return lambda pred, target: displacement_loss(pred, target, scale, box, weight)
 
 
+def auto_lpt2_prior(cfg):
+    """``model.lpt2_prior: auto``: the 2LPT coefficient of the campaign at ``data.root``
+    (its cosmology, a_final, cell size) and ``data.scale`` (:mod:`cosmonet.models.lpt_prior`)."""
+    from ..models.lpt_prior import lpt2_coefficient
+    from .generated import campaign_simulation
+    try:
+        sim, _ = campaign_simulation(cfg["data"]["root"])
+    except InputError as exc:
+        raise InputError(f"train config: model.lpt2_prior: auto: {exc}; give the coefficient as a number") from None
+    return lpt2_coefficient(sim.cosmology, sim.a_final, sim.box, sim.nc, cfg["data"]["scale"])
+
+
+def training_setup_record(root):
+    """What a D3M checkpoint records of its training pairs (box and grid in Mpc/h and cells,
+    FastPM steps, force-mesh boost, a_start, a_final, cosmology as plain data), so that
+    ``probe`` and ``emulate`` know them without the campaign; None for a campaign of
+    several cosmologies."""
+    from .generated import campaign_simulation
+    try:
+        sim, _ = campaign_simulation(root)
+    except InputError:
+        return None
+    return {"nc": int(sim.nc), "box": float(sim.box), "steps": int(sim.steps), "boost": float(sim.boost),
+            "a_start": float(sim.a_start), "a_final": float(sim.a_final), "cosmology": sim.cosmology.to_dict()}
+
+
 @dataclass
 class Task:
     """What a run trains: datasets (items ``epoch * len + i`` -> (x, y, i)), the model on
@@ -125,6 +153,7 @@ class Task:
     val_loss: object
     signature: dict
     normalization: dict
+    training_setup: dict = None
 
 
 def build_task(cfg, device):
@@ -134,6 +163,8 @@ def build_task(cfg, device):
     d = cfg["data"]
     torch.manual_seed(cfg["train"]["seed"])
     model_kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
+    if model_kwargs.get("lpt2_prior") == "auto":
+        model_kwargs["lpt2_prior"] = auto_lpt2_prior(cfg)
     if is_param_task(cfg):
         train_set, val_set = build_param_datasets(cfg)
         model_kwargs = _param_model_kwargs(cfg, model_kwargs, train_set)
@@ -154,8 +185,10 @@ def build_task(cfg, device):
         train_base, val_base = build_datasets(cfg)
         train_set, val_set = EpochItems(train_base), (EpochItems(val_base) if val_base is not None else None)
         box = train_base.box_size
+    setup = None if is_param_task(cfg) else training_setup_record(d["root"])
     return Task(train_set=train_set, val_set=val_set, model=model, train_loss=_train_loss(cfg, float(box), model),
-                val_loss=getattr(model, "loss", _mse), signature=signature, normalization=normalization)
+                val_loss=getattr(model, "loss", _mse), signature=signature, normalization=normalization,
+                training_setup=setup)
 
 
 # --------------------------------------------------------------------------- optimiser, restore
@@ -278,13 +311,21 @@ class Run:
     wait: float = 0.0
     compute: float = 0.0
     samples_done: int = 0
+    precision: str = "fp32"             # resolved train.precision (cosmonet/hardware.py)
+
+    @property
+    def samples_seen(self):
+        """Training samples of all ranks up to the current step (resumed steps included)."""
+        return self.progress.step * self.global_batch
 
     def checkpoint_state(self):
         p = self.progress
         return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "step": p.step, "epoch": p.epoch,
                 "batch_in_epoch": p.batch_in_epoch, "rng": rng_state(), "model_signature": self.task.signature,
-                "normalization": self.task.normalization, "config": self.cfg.to_dict(), "world_size": self.backend.size}
+                "normalization": self.task.normalization, "config": self.cfg.to_dict(), "world_size": self.backend.size,
+                "precision": self.precision, "samples_seen": self.samples_seen,
+                "training_setup": self.task.training_setup}
 
     def checkpoint(self):
         """Rank 0 writes a checkpoint (after a clean non-finite check); every rank waits for it."""
@@ -400,7 +441,8 @@ def _summary(run):
             "data_wait_seconds": run.wait, "compute_seconds": run.compute, "wall_seconds": elapsed,
             "checkpoint": run.last_ckpt, "staged": type(run.batches).__name__ == "StagedBatches",
             "batches": type(run.batches).__name__,
-            "first_step_seconds": run.clock.first_step, "time_budget": run.clock.report()}
+            "first_step_seconds": run.clock.first_step, "time_budget": run.clock.report(),
+            "precision": run.precision, "samples_seen": run.samples_seen, "torch_threads": torch.get_num_threads()}
 
 
 def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
@@ -431,10 +473,11 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
               total_steps=total_steps, guard=FiniteGuard(t_cfg["check_every"], backend.device), clock=clock, log=open(os.path.join(out, "train_log.jsonl"), "a") if backend.is_root else None,
               log_stream=log_stream, last_ckpt=latest_checkpoint(out) if backend.is_root else None)
     device = backend.device
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
+    run.precision = resolve_precision(t_cfg["precision"], device)
+    autocast = autocast_for(run.precision, device)
     _say(backend, f"train: {unwrap(model).__class__.__name__} on {backend.size} rank(s) ({backend.name}, "
-                  f"{backend.world.launcher}), {len(task.train_set)} training samples, global batch "
+                  f"{backend.world.launcher}, {run.precision}, {torch.get_num_threads()} torch thread(s) per rank), "
+                  f"{len(task.train_set)} training samples, global batch "
                   f"{sampler.global_batch}, lr {lr:g}, {sampler.batches_per_epoch} steps per epoch, until step "
                   f"{min(run.max_steps, total_steps)}")
     run.t_start = time.perf_counter()

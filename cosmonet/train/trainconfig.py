@@ -40,6 +40,7 @@ train:
   time_budget: 0                 # seconds of wall clock (0: off); lr schedule fitted (train/schedule.py)
   budget_warmup_steps: 20        # steps at full lr whose second half measures the step time
   budget_step_seconds: 0         # > 0: assume this step time instead of measuring (reproducible)
+  precision: auto                # auto | fp32 | bf16: bf16 autocast on CUDA and native-bf16 CPUs (cosmonet/hardware.py)
 out: runs/d3m_small
 ```
 """
@@ -111,6 +112,7 @@ class TrainSettings(_Section):
     time_budget: float = 0.0
     budget_warmup_steps: int = 20
     budget_step_seconds: float = 0.0
+    precision: str = "auto"          # auto | fp32 | bf16 (cosmonet/hardware.py)
 
 
 @dataclass(frozen=True, eq=True)
@@ -145,12 +147,12 @@ _TYPES = {
     "train.scheduler": str, "train.checkpoint_every": int, "train.log_every": int, "train.seed": int,
     "train.density_weight": float,
     "train.check_every": int, "train.time_budget": float, "train.budget_warmup_steps": int,
-    "train.budget_step_seconds": float,
+    "train.budget_step_seconds": float, "train.precision": str,
     "out": str,
 }
 _CHOICES = {"train.backend": ("ddp", "horovod"), "train.optimizer": ("adam", "sgd"),
             "train.scheduler": ("cosine", "constant"), "data.staging": ("auto", "device", "loader"),
-            "data.source": ("campaign", "generate")}
+            "data.source": ("campaign", "generate"), "train.precision": ("auto", "fp32", "bf16")}
 _MINIMUM = {"train.batch_size": 1, "train.base_batch": 1, "train.epochs": 1, "train.max_steps": 0,
             "train.checkpoint_every": 1, "train.log_every": 1, "data.num_workers": 0, "train.seed": 0,
             "data.subcube": 0, "train.check_every": 1, "train.time_budget": 0.0, "train.budget_warmup_steps": 2,
