@@ -12,6 +12,30 @@ import yaml
 from .errors import InputError
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, line):
+        super().__init__(f"key {key!r} given twice")
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that gives one key twice (PyYAML keeps
+    the last silently, so a config's earlier value would be dropped without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                dup = key in seen
+            except TypeError:                   # an unhashable key: the base class says so
+                break
+            if dup:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path, what=""):
     """The parsed content of the YAML file ``path`` (any type; None for an empty file).
 
@@ -21,7 +45,9 @@ def load_yaml(path, what=""):
     label = f"{what} {path}" if what else str(path)
     try:
         with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+            return yaml.load(fh, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as exc:
+        raise InputError(f"{label}: key {str(exc.key)[:60]!r} is given twice (line {exc.line}); keep one") from None
     except OSError as exc:
         raise InputError(f"cannot read {label} ({exc.strerror})") from None
     except UnicodeDecodeError as exc:

@@ -480,3 +480,14 @@ def test_demo_config_takes_any_n_sims():
     assert load_config(path).splits == {"train": 6, "val": 1, "test": 1}
     assert load_config(path, ["n_sims=16"]).splits == {"train": 12, "val": 2, "test": 2}
     assert load_config(path, ["n_sims=40"]).splits == {"train": 30, "val": 5, "test": 5}
+
+
+@pytest.mark.parametrize("text,key", [("n_sims: 4\nnc: 8\nn_sims: 5\n", "n_sims"),
+                                      ("cosmology: {Omega_m: 0.3, Omega_m: 0.25}\n", "Omega_m")])
+def test_a_key_given_twice_is_refused(tmp_path, text, key):
+    """PyYAML would keep the last value silently; cosmonet names the key and the line."""
+    from cosmonet.yamlconfig import load_yaml
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=f"key '{key}' is given twice"):
+        load_yaml(path, "config")

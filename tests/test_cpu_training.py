@@ -212,3 +212,27 @@ def test_emulate_names_inputs_outside_the_training_setup():
     assert any("a_final 0.5, trained on 1" in s for s in lines)
     assert any("Omega_m 0.35, trained on 0.3089" in s for s in lines)
     assert outside_training(None, same) == []
+
+
+# --------------------------------------------------------------------------- one writer per run
+def test_a_second_train_into_the_same_run_is_refused(tiny_pairs, tmp_path, capsys):
+    """While one ``train`` holds OUT/.lock, another into the same OUT exits 2 naming the
+    holder; the holder's directory is left as it was."""
+    import yaml
+
+    from cosmonet.campaign.lock import CampaignLock
+    from cosmonet.cli import main
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": {"name": "unet", "base_channels": 4, "depth": 1, "norm": "group"},
+        "data": {"root": str(tiny_pairs), "scale": 4.0, "num_workers": 0, "val_split": ""},
+        "train": {"batch_size": 2, "max_steps": 2, "log_every": 1, "precision": "fp32"}, "out": str(out)}))
+    with CampaignLock(out, command="train"):
+        assert main(["train", str(cfg)]) == 2
+        err = capsys.readouterr().err
+        assert f"out {out} is being written by another cosmonet train (host " in err and "pid" in err
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    assert main(["train", str(cfg)]) == 0                              # free again: it runs
+    assert (out / "checkpoints").is_dir()

@@ -116,3 +116,21 @@ def test_a_wheel_carries_the_shipped_network(tmp_path):
                          env=dict(os.environ, PYTHONPATH=str(site)))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().startswith(str(site))
+
+
+def test_emulate_refuses_non_finite_input(tmp_path):
+    """A NaN in the input is refused with one line naming the field and the count; nothing
+    is written (it used to give an all-NaN field with exit 0)."""
+    import h5py
+    sim, emu = tmp_path / "sim.h5", tmp_path / "emu.h5"
+    env = dict(mpi_env(), OMP_NUM_THREADS="1")
+    subprocess.run([cosmonet_exe(), "run-sim", "--nc", "16", "--box", "64", "--steps", "2", "--seed", "5",
+                    "--out", sim], check=True, capture_output=True, env=env)
+    with h5py.File(sim, "r+") as f:
+        f["za/disp"][0, 1, 2, 3] = np.nan
+        f["za/disp"][1, 1, 2, 3] = np.inf
+    proc = subprocess.run([cosmonet_exe(), "emulate", "--checkpoint", NAME, "--input", sim, "--out", emu],
+                          capture_output=True, text=True, env=env)
+    assert "Traceback" not in proc.stderr and proc.returncode == 2, proc.stderr
+    assert "cosmonet: error:" in proc.stderr and "za/disp has 2 non-finite values" in proc.stderr
+    assert not emu.exists()

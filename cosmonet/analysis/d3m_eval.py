@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
+from ..errors import InputError
 from ..io.simfile import lagrangian_grid
 from ..mesh import ParticleMesh
 from .power import binned_power, density_k, vector_power
@@ -55,6 +56,12 @@ def evaluate_d3m(model, dataset, scale, device="cpu", max_boxes=None):
     model.eval()
     for i in range(n):
         za, lpt2, true = (t.numpy().astype(np.float64) for t in dataset[i][:3])
+        for name, f in zip(dataset.fields, (za, lpt2, true)):
+            bad = int(np.count_nonzero(~np.isfinite(f)))
+            if bad:
+                info = dataset.sample_info(i) if hasattr(dataset, "sample_info") else {"index": i}
+                raise InputError(f"{getattr(dataset, 'root', 'the test set')}: simulation {info['index']} has "
+                                 f"{bad} non-finite values in {name}; evaluate refuses it (rerun that shard)")
         with torch.no_grad():
             pred = model(torch.from_numpy((za / scale).astype(np.float32))[None].to(device))[0]
         pred = pred.cpu().numpy().astype(np.float64) * scale

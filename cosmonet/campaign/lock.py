@@ -22,12 +22,16 @@ LOCK_NAME = ".lock"
 
 
 class CampaignLock:
-    """The writer's lock of campaign directory ``root`` (which must exist)."""
+    """The writer's lock of directory ``root`` (which must exist): a campaign's
+    (``command="simulate"``), or a training run's (``command="train"``: one ``train``
+    process writes a run's checkpoints and log)."""
 
-    def __init__(self, root):
+    def __init__(self, root, command="simulate"):
         self.root = os.fspath(root)
         self.path = os.path.join(self.root, LOCK_NAME)
         self.fd = None
+        self.command = command
+        self.label = "train config: out" if command == "train" else "config: out"
 
     def holder(self):
         """What the lock file says about its holder ("host H, pid P"), or a placeholder."""
@@ -47,16 +51,16 @@ class CampaignLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise InputError(f"config: out {self.root}: cannot create the lock file {LOCK_NAME} "
+            raise InputError(f"{self.label} {self.root}: cannot create the lock file {LOCK_NAME} "
                              f"({exc.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise InputError(f"config: out {self.root} is being written by another cosmonet simulate "
+                raise InputError(f"{self.label} {self.root} is being written by another cosmonet {self.command} "
                                  f"({self.holder()}); wait for it to end or stop it") from None
-            raise InputError(f"config: out {self.root}: cannot lock {LOCK_NAME} ({exc.strerror}); "
+            raise InputError(f"{self.label} {self.root}: cannot lock {LOCK_NAME} ({exc.strerror}); "
                              f"the file system must support flock") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())

@@ -139,6 +139,12 @@ def read_displacements(path):
             others = {name: f[f"{name}/disp"][...] for name in ("lpt2", "fastpm") if f"{name}/disp" in f}
     except KeyError as exc:
         raise InputError(f"{path}: cannot read za/disp ({exc})") from None
+    for name, field in (("za", disp), *others.items()):
+        if not np.issubdtype(field.dtype, np.floating):
+            raise InputError(f"{path}: {name}/disp holds {field.dtype} values, not floating point displacements")
+        bad = int(np.count_nonzero(~np.isfinite(field)))
+        if bad:
+            raise InputError(f"{path}: {name}/disp has {bad} non-finite values (NaN or infinity); emulate refuses it")
     return disp, attrs, others
 
 

@@ -456,8 +456,37 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
     t_cfg, out = cfg["train"], cfg["out"]
     backend = init_backend(t_cfg["backend"]) if backend is None else backend
     clock = BudgetClock(backend.device, backend, t_cfg["check_every"])     # the budget's clock starts here
+    lock = _lock_run(out, backend)
+    try:
+        return _train(cfg, resume, backend, log_stream, clock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_run(out, backend):
+    """Rank 0 creates the run directory and takes its writer's lock (``OUT/.lock``, as
+    ``simulate`` does: :mod:`cosmonet.campaign.lock`); every rank learns the outcome, so a
+    second ``train`` into the same run is refused on all its ranks with one line naming
+    the holder. Returns rank 0's lock (None elsewhere)."""
+    from ..campaign.lock import CampaignLock
+    lock, error = None, None
     if backend.is_root:
-        os.makedirs(out, exist_ok=True)
+        try:
+            os.makedirs(out, exist_ok=True)
+            lock = CampaignLock(out, command="train").acquire()
+        except InputError as exc:
+            error = str(exc)
+        except OSError as exc:
+            error = f"train config: out {out} cannot be created ({exc.strerror})"
+    error = backend.broadcast_object(error)
+    if error:
+        raise InputError(error)
+    return lock
+
+
+def _train(cfg, resume, backend, log_stream, clock):
+    t_cfg, out = cfg["train"], cfg["out"]
     task = build_task(cfg, backend.device)
     sampler = _sampler(cfg, len(task.train_set), backend)
     total_steps = sampler.batches_per_epoch * t_cfg["epochs"]
