@@ -236,3 +236,25 @@ def test_a_second_train_into_the_same_run_is_refused(tiny_pairs, tmp_path, capsy
         assert sorted(p.name for p in out.iterdir()) == [".lock"]
     assert main(["train", str(cfg)]) == 0                              # free again: it runs
     assert (out / "checkpoints").is_dir()
+
+
+def test_resume_removes_a_killed_checkpoint_writes_temporaries(tiny_pairs, tmp_path, capsys):
+    import yaml
+
+    from cosmonet.cli import main
+    out = tmp_path / "run"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": {"name": "unet", "base_channels": 4, "depth": 1, "norm": "group"},
+        "data": {"root": str(tiny_pairs), "scale": 4.0, "num_workers": 0, "val_split": ""},
+        "train": {"batch_size": 2, "max_steps": 2, "log_every": 1, "precision": "fp32"}, "out": str(out)}))
+    assert main(["train", str(cfg)]) == 0
+    left = [out / "checkpoints" / "step_00000004.pt.k2j3l4.tmp", out / "checkpoints" / "latest.a8b9c0.tmp"]
+    for p in left:
+        p.write_bytes(b"half a checkpoint")
+    keep = out / "checkpoints" / "notes.tmp"                          # not cosmonet's: left alone
+    keep.write_text("mine")
+    capsys.readouterr()
+    assert main(["train", str(cfg), "--resume", "--set", "train.max_steps=3"]) == 0
+    assert "removed 2 temporary file(s)" in capsys.readouterr().err
+    assert not any(p.exists() for p in left) and keep.exists()

@@ -78,6 +78,36 @@ def save_checkpoint(out, state):
     return os.path.join(d, name)
 
 
+_TEMPORARY = re.compile(r"(step_\d+\.pt|latest)\..+\.tmp")
+
+
+def prepare_checkpoint_dir(out):
+    """Before the first step, with the run's lock held: create ``OUT/checkpoints``, check
+    that it and ``OUT`` can be written (InputError naming the directory otherwise, instead
+    of a failure at the first checkpoint), and remove the temporary files a checkpoint
+    write killed midway left behind (no other writer can own them). Returns their names."""
+    from ..io.atomic import check_writable_dir
+    d = os.path.join(out, CKPT_DIR)
+    try:
+        os.makedirs(d, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"train config: out {out}: cannot create {CKPT_DIR}/ ({exc.strerror})") from None
+    for where in (out, d):
+        try:
+            check_writable_dir(os.path.join(where, "train_log.jsonl"))
+        except InputError as exc:
+            raise InputError(f"train config: out {out}: {exc}") from None
+    removed = []
+    for name in sorted(os.listdir(d)):
+        if _TEMPORARY.fullmatch(name):
+            try:
+                os.unlink(os.path.join(d, name))
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
+
+
 def step_files(out):
     """The checkpoint files ``DIR/checkpoints/step_N.pt``, newest (largest N) first."""
     d = os.path.join(out, CKPT_DIR)

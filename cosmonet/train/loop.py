@@ -53,7 +53,8 @@ def is_param_task(cfg):
 
 # --------------------------------------------------------------------------- the task
 def build_param_datasets(cfg):
-    """Sub-cube datasets (train, validation or None) for parameter inference."""
+    """Sub-cube datasets (train, validation) for parameter inference; the validation entry is
+    None without ``data.val_split``, or the InputError saying why that split cannot be read."""
     from ..data.subcubes import SubcubeDataset
     d, seed = cfg["data"], cfg["train"]["seed"]
     if d["input"] != "density":
@@ -64,15 +65,16 @@ def build_param_datasets(cfg):
     if d["val_split"]:
         try:
             val = SubcubeDataset(d["root"], d["val_split"], ranges=train.ranges, **kw)
-        except InputError:
-            val = None
+        except InputError as exc:
+            val = exc                     # build_task keeps why; train says it in one line
     return train, val
 
 
 def build_datasets(cfg):
-    """(input, target) datasets (train, validation or None) for the D3M emulator: campaign
-    shards through the transforms of :mod:`cosmonet.data` (a random cube symmetry per
-    (seed, epoch, sample) when ``data.augment``, then division by ``data.scale``)."""
+    """(input, target) datasets (train, validation) for the D3M emulator: campaign shards
+    through the transforms of :mod:`cosmonet.data` (a random cube symmetry per (seed, epoch,
+    sample) when ``data.augment``, then division by ``data.scale``). The validation entry is
+    None without ``data.val_split``, or the InputError saying why that split cannot be read."""
     from ..data import Compose, FieldNormalizer, RandomCubeSymmetry, ShardDataset
     d, seed = cfg["data"], cfg["train"]["seed"]
     fields = (d["input"], d["target"])
@@ -83,8 +85,8 @@ def build_datasets(cfg):
     if d["val_split"]:
         try:
             val = ShardDataset(d["root"], split=d["val_split"], fields=fields, transform=norm, seed=seed)
-        except InputError:
-            val = None
+        except InputError as exc:
+            val = exc                     # build_task keeps why; train says it in one line
     return train, val
 
 
@@ -154,6 +156,7 @@ class Task:
     signature: dict
     normalization: dict
     training_setup: dict = None
+    no_validation: str = None           # why a configured validation split is not used
 
 
 def build_task(cfg, device):
@@ -167,6 +170,7 @@ def build_task(cfg, device):
         model_kwargs["lpt2_prior"] = auto_lpt2_prior(cfg)
     if is_param_task(cfg):
         train_set, val_set = build_param_datasets(cfg)
+        val_set, no_validation = _validation(val_set)
         model_kwargs = _param_model_kwargs(cfg, model_kwargs, train_set)
         normalization = {"input": d["input"], "target": "params", "scale": d["scale"],
                          "params": list(train_set.params), "ranges": {p: list(r) for p, r in train_set.ranges.items()},
@@ -183,12 +187,20 @@ def build_task(cfg, device):
         model = model.to(memory_format=torch.channels_last_3d)
     if not is_param_task(cfg):
         train_base, val_base = build_datasets(cfg)
+        val_base, no_validation = _validation(val_base)
         train_set, val_set = EpochItems(train_base), (EpochItems(val_base) if val_base is not None else None)
         box = train_base.box_size
     setup = None if is_param_task(cfg) else training_setup_record(d["root"])
     return Task(train_set=train_set, val_set=val_set, model=model, train_loss=_train_loss(cfg, float(box), model),
                 val_loss=getattr(model, "loss", _mse), signature=signature, normalization=normalization,
-                training_setup=setup)
+                training_setup=setup, no_validation=no_validation)
+
+
+def _validation(val):
+    """(validation dataset or None, why there is none when a split was configured)."""
+    if isinstance(val, InputError):
+        return None, str(val)
+    return val, None
 
 
 # --------------------------------------------------------------------------- optimiser, restore
@@ -445,7 +457,7 @@ def _summary(run):
             "precision": run.precision, "samples_seen": run.samples_seen, "torch_threads": torch.get_num_threads()}
 
 
-def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
+def train(cfg, resume=False, backend=None, log_stream=None):
     """Train the configured model.
 
     Returns ``(summary, model, backend)`` on every rank: the summary dict (steps, epochs,
@@ -453,6 +465,7 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
     (unwrapped from the backend) and the backend the run used.
     """
     cfg = cfg if isinstance(cfg, TrainConfig) else validate_train_config(cfg)
+    log_stream = sys.stderr if log_stream is None else log_stream      # the stderr of now, not of import time
     t_cfg, out = cfg["train"], cfg["out"]
     backend = init_backend(t_cfg["backend"]) if backend is None else backend
     clock = BudgetClock(backend.device, backend, t_cfg["check_every"])     # the budget's clock starts here
@@ -466,16 +479,26 @@ def train(cfg, resume=False, backend=None, log_stream=sys.stderr):
 
 def _lock_run(out, backend):
     """Rank 0 creates the run directory and takes its writer's lock (``OUT/.lock``, as
-    ``simulate`` does: :mod:`cosmonet.campaign.lock`); every rank learns the outcome, so a
-    second ``train`` into the same run is refused on all its ranks with one line naming
-    the holder. Returns rank 0's lock (None elsewhere)."""
+    ``simulate`` does: :mod:`cosmonet.campaign.lock`), then checks that the run and its
+    ``checkpoints/`` can be written and removes a killed checkpoint write's temporaries
+    (:func:`~cosmonet.train.checkpoint.prepare_checkpoint_dir`). Every rank learns the
+    outcome, so a second ``train`` into the same run is refused on all its ranks with one
+    line naming the holder. Returns rank 0's lock (None elsewhere)."""
     from ..campaign.lock import CampaignLock
+    from .checkpoint import prepare_checkpoint_dir
     lock, error = None, None
     if backend.is_root:
         try:
             os.makedirs(out, exist_ok=True)
             lock = CampaignLock(out, command="train").acquire()
+            removed = prepare_checkpoint_dir(out)
+            if removed:
+                _say(backend, f"train: removed {len(removed)} temporary file(s) of a checkpoint write that was "
+                              f"killed midway ({', '.join(removed[:3])})")
         except InputError as exc:
+            if lock is not None:
+                lock.release()
+                lock = None
             error = str(exc)
         except OSError as exc:
             error = f"train config: out {out} cannot be created ({exc.strerror})"
@@ -509,6 +532,8 @@ def _train(cfg, resume, backend, log_stream, clock):
                   f"{len(task.train_set)} training samples, global batch "
                   f"{sampler.global_batch}, lr {lr:g}, {sampler.batches_per_epoch} steps per epoch, until step "
                   f"{min(run.max_steps, total_steps)}")
+    if task.no_validation:
+        _say(backend, f"train: runs without validation: {task.no_validation}")
     run.t_start = time.perf_counter()
     model.train()
     batches = run.batches = batch_source(cfg, task, sampler, device, backend)
