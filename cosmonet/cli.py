@@ -390,7 +390,9 @@ def _add_train(sub):
 
 
 def _has_checkpoints(path):
-    return os.path.isdir(os.path.join(path, "checkpoints"))
+    """True when the run directory holds a checkpoint file (an empty checkpoints/ does not count)."""
+    from .train.checkpoint import step_files
+    return bool(step_files(path))
 
 
 def _check_resume(args, cfg, out, root):

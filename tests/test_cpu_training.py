@@ -258,3 +258,19 @@ def test_resume_removes_a_killed_checkpoint_writes_temporaries(tiny_pairs, tmp_p
     assert main(["train", str(cfg), "--resume", "--set", "train.max_steps=3"]) == 0
     assert "removed 2 temporary file(s)" in capsys.readouterr().err
     assert not any(p.exists() for p in left) and keep.exists()
+
+
+def test_a_network_too_deep_for_the_boxes_is_refused_before_it_is_built(tiny_pairs, tmp_path, capsys):
+    import yaml
+
+    from cosmonet.cli import main
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": {"name": "unet", "base_channels": 4, "depth": 9, "norm": "group"},
+        "data": {"root": str(tiny_pairs), "scale": 4.0, "num_workers": 1000, "val_split": ""},
+        "train": {"batch_size": 2, "max_steps": 1}, "out": str(tmp_path / "run")}))
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"cosmonet: error: train config: model.depth=9 needs box sides divisible by 2**9 = 512; "
+                   f"the campaign {tiny_pairs} has 8^3 boxes"]
+    assert not (tmp_path / "run").exists()

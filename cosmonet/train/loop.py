@@ -178,6 +178,8 @@ def build_task(cfg, device):
         box = train_set.base.box_size
     else:
         normalization = {"input": d["input"], "target": d["target"], "scale": d["scale"]}
+    if not is_param_task(cfg):
+        _check_depth(cfg, model_kwargs)
     try:
         model = build_model(cfg["model"]["name"], **model_kwargs).to(device)
     except (ValueError, TypeError) as exc:
@@ -194,6 +196,20 @@ def build_task(cfg, device):
     return Task(train_set=train_set, val_set=val_set, model=model, train_loss=_train_loss(cfg, float(box), model),
                 val_loss=getattr(model, "loss", _mse), signature=signature, normalization=normalization,
                 training_setup=setup, no_validation=no_validation)
+
+
+def _check_depth(cfg, model_kwargs):
+    """InputError before the network is built when its 2**depth downsampling does not
+    divide the campaign's boxes (a U-Net of depth 9 on 16^3 boxes used to grow until the
+    kernel killed it)."""
+    from ..campaign.store import read_config
+    depth = model_kwargs.get("depth", 2)
+    if not isinstance(depth, int) or isinstance(depth, bool) or not 0 <= depth <= 30:
+        return                              # the model's own check names it
+    nc = read_config(cfg["data"]["root"]).nc
+    if nc % 2 ** depth:
+        raise InputError(f"train config: model.depth={depth} needs box sides divisible by 2**{depth} = "
+                         f"{2 ** depth}; the campaign {cfg['data']['root']} has {nc}^3 boxes")
 
 
 def _validation(val):
@@ -295,7 +311,13 @@ def batch_source(cfg, task, sampler, device, backend):
         staged = make_batch_source(cfg, task.train_set.dataset, sampler, device, say=lambda m: _say(backend, m))
     if staged is not None:
         return staged
-    return LoaderBatches(task.train_set, sampler, cfg["train"]["batch_size"], cfg["data"]["num_workers"], device)
+    workers = cfg["data"]["num_workers"]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if workers > 2 * cores:
+        _say(backend, f"train: data.num_workers {workers} capped to {2 * cores} (twice the {cores} cores this "
+                      f"process has)")
+        workers = 2 * cores
+    return LoaderBatches(task.train_set, sampler, cfg["train"]["batch_size"], workers, device)
 
 
 # --------------------------------------------------------------------------- one epoch
