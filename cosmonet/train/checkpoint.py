@@ -201,17 +201,20 @@ def load_checkpoint(path, expect_signature=None):
     """Load a checkpoint (on CPU); check that it holds the expected model. ``path`` may
     also be a run directory or its ``checkpoints/latest`` pointer (the newest checkpoint)."""
     path = resolve_checkpoint(path)
+    if os.path.isfile(path) and not readable(path):
+        raise InputError(f"checkpoint {path}: cannot be read (not a torch checkpoint archive: truncated, or "
+                         f"another kind of file)")
     try:
         state = safe_load(path)
     except Exception as exc:   # torch.load fails in many ways (pickle, zip, EOF, unsafe global): all "not readable"
         text = str(exc)
         unsafe = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", text)
-        if unsafe or "Weights only load failed" in text:
-            what = f"the Python object {unsafe.group(1)}" if unsafe else "Python objects beyond tensors and plain data"
-            raise InputError(f"checkpoint {path}: refused: it holds {what}, and "
+        if unsafe:
+            raise InputError(f"checkpoint {path}: refused: it holds the Python object {unsafe.group(1)}, and "
                              f"loading it could run code (cosmonet loads tensors and plain data only)") from None
-        first = text.splitlines()[0] if text else type(exc).__name__
-        raise InputError(f"checkpoint {path}: cannot be read ({first})") from None
+        detail = re.search(r"Unpickler error:\s*([^\n]+)", text)
+        first = detail.group(1) if detail else (text.splitlines()[0] if text else type(exc).__name__)
+        raise InputError(f"checkpoint {path}: cannot be read ({first[:200]})") from None
     if not isinstance(state, dict) or "model" not in state or "model_signature" not in state:
         raise InputError(f"checkpoint {path}: not a cosmonet checkpoint")
     if expect_signature is not None and state["model_signature"] != expect_signature:
