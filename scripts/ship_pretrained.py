@@ -15,7 +15,8 @@
    ``docs/img/pretrained/NAME/``.
 
 Every step whose output exists is skipped (``--fresh`` redoes them), so a killed run
-continues. Needs the run's training campaign (its data.root) only for step 1.
+continues; outputs of other weights (another run or step) are discarded. Needs the run's
+training campaign (its data.root) only for step 1.
 """
 import argparse
 import json
@@ -48,19 +49,14 @@ def export_weights(run_dir, name, extra):
     return out, state
 
 
-def training_log(run_dir):
-    """Steps, samples, wall time and the last losses of a run's train_log.jsonl."""
+def training_log(run_dir, step):
+    """Wall time up to ``step`` (resumed segments added), the mean training loss of the last
+    ten log records up to it, and the validation losses, from the run's train_log.jsonl."""
+    from compute_study import elapsed_by_step, wall_at
     recs = [json.loads(line) for line in open(os.path.join(run_dir, "train_log.jsonl")) if line.strip()]
-    steps = [r for r in recs if "loss" in r]
-    val = [r for r in recs if "val_loss" in r]
-    # wall time over resumed segments: each segment's elapsed restarts at 0
-    wall, last = 0.0, 0.0
-    for r in steps:
-        if r["elapsed_seconds"] < last:
-            wall += last
-        last = r["elapsed_seconds"]
-    wall += last
-    return {"steps": steps[-1]["step"], "wall_seconds": round(wall, 1),
+    steps = [r for r in recs if "loss" in r and r["step"] <= step]
+    val = [r for r in recs if "val_loss" in r and r["step"] <= step]
+    return {"steps": step, "wall_seconds": round(wall_at(elapsed_by_step(run_dir), step), 1),
             "final_train_loss": float(np.mean([r["loss"] for r in steps[-10:]])),
             "validation": [{"step": r["step"], "val_loss": r["val_loss"]} for r in val]}
 
@@ -113,14 +109,18 @@ def markdown(card):
              "## Training", "",
              "| | |", "|---|---|"]
     t = card["training"]
-    for key, label in (("config_file", "config"), ("model", "model"), ("campaign", "training pairs"),
+    lines.append(f"| training pairs | {describe_campaign(card['campaign'])} |")
+    for key, label in (("config_file", "config"), ("model", "model"),
                        ("steps", "optimiser steps"), ("samples_seen", "samples seen"),
                        ("passes_over_pairs", "times each pair was seen"), ("wall_seconds", "wall time (s)"),
                        ("core_hours", "CPU core-hours"), ("precision", "precision"), ("hardware", "hardware")):
         value = card.get(key, t.get(key))
-        lines.append(f"| {label} | {value if not isinstance(value, dict) else json.dumps(value)} |")
-    lines += ["", f"## Evaluation ({ev['n_boxes']} pairs of `{card['evaluation_data']}`, a seed training never "
-              "saw)", "",
+        if key == "model":
+            value = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                              for k, v in value["kwargs"].items())
+        lines.append(f"| {label} | {value} |")
+    lines += ["", f"## Evaluation ({ev['n_boxes']} pairs of {describe_campaign(card['evaluation_data'])}: a seed "
+              "training never saw)", "",
               "| | model | 2LPT | ZA |", "|---|---|---|---|",
               "| mean displacement error | " + " | ".join(f"{100 * err[m]:.2f}%" for m in ("model", "lpt2", "za"))
               + " |"]
@@ -166,8 +166,15 @@ def main():
     log = os.path.join(work, "log.txt")
     cosmonet = os.path.join(os.path.dirname(sys.executable), "cosmonet")
 
-    t = training_log(args.run_dir)
     out, state = export_weights(args.run_dir, args.name, {"hardware": args.hardware})
+    t = training_log(args.run_dir, int(state["step"]))
+    source = {"run": os.path.abspath(args.run_dir), "step": int(state["step"])}
+    marker = os.path.join(work, "source.json")
+    if os.path.exists(marker) and json.load(open(marker)) != source:      # cached steps of other weights
+        shutil.rmtree(work)
+        os.makedirs(work)
+    with open(marker, "w") as fh:
+        json.dump(source, fh)
     name = args.name
     ev = cached(os.path.join(work, "eval_run.json"), lambda: run(
         [cosmonet, "evaluate", args.config, "--checkpoint", name, "--json", os.path.join(work, "eval.json"),
@@ -227,6 +234,13 @@ def main():
     with open(os.path.join(out, "MODEL_CARD.md"), "w") as fh:
         fh.write(markdown(card))
     print(json.dumps({"weights": os.path.join(out, "weights.pt"), "goals": card["goals"]}, indent=1))
+
+
+def describe_campaign(c):
+    splits = ", ".join(f"{n:,} {k}" for k, n in c["splits"].items())
+    return (f"`{c['path']}`, {c['n_sims']:,} pairs of seed {c['seed']} ({splits}): {c['nc']}^3 particles in "
+            f"{c['box']:g} Mpc/h, {c['steps']} FastPM steps, force mesh {c['boost']:g}x, a = {c['a_start']:g} to "
+            f"{c['a_final']:g}, {c['cosmology']}")
 
 
 def read_splits(root):

@@ -274,3 +274,27 @@ def test_a_network_too_deep_for_the_boxes_is_refused_before_it_is_built(tiny_pai
     assert err == [f"cosmonet: error: train config: model.depth=9 needs box sides divisible by 2**9 = 512; "
                    f"the campaign {tiny_pairs} has 8^3 boxes"]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_new_run_can_start_from_the_shipped_network(tiny_pairs, tmp_path, capsys):
+    """train.init_from: the shipped network's weights (float16 on disk) seed a new run of the
+    same architecture; another architecture is refused naming both."""
+    import yaml
+
+    from cosmonet.cli import main
+    from cosmonet.pretrained import available, card
+    if "d3m_cpu" not in available():
+        pytest.skip("no shipped network")
+    c = card("d3m_cpu")
+    model = dict(c["model"]["kwargs"], name="unet")
+    cfg = tmp_path / "c.yaml"
+    body = {"model": model, "data": {"root": str(tiny_pairs), "scale": 6.0, "num_workers": 0, "val_split": ""},
+            "train": {"batch_size": 1, "max_steps": 1, "init_from": "d3m_cpu"}, "out": str(tmp_path / "run")}
+    cfg.write_text(yaml.safe_dump(body))
+    assert main(["train", str(cfg)]) == 0
+    assert "weights from" in capsys.readouterr().err
+    body["model"] = dict(model, base_channels=model["base_channels"] * 2)
+    body["out"] = str(tmp_path / "run2")
+    cfg.write_text(yaml.safe_dump(body))
+    assert main(["train", str(cfg)]) == 2
+    assert "not the configured" in capsys.readouterr().err

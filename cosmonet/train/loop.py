@@ -267,6 +267,16 @@ def restore(out, task, optimizer, scheduler, backend):
     return Progress(state["step"], state["epoch"], state["batch_in_epoch"])
 
 
+def initialize_from(source, task, backend):
+    """``train.init_from``: start a new run from the weights (only) of a checkpoint, a run
+    directory or a shipped network; its architecture must be the configured one."""
+    from .checkpoint import checkpoint_argument
+    path = checkpoint_argument(source, "train config: train.init_from")
+    state = load_checkpoint(path, expect_signature=task.signature)
+    task.model.load_state_dict(state["model"])
+    _say(backend, f"train: weights from {path} (step {state.get('step', '?')}); optimiser and schedule start anew")
+
+
 # --------------------------------------------------------------------------- batches
 class LoaderBatches:
     """Where the batches come from: ``epoch(e, start)`` yields this rank's ``(x, y, idx)``
@@ -537,6 +547,8 @@ def _train(cfg, resume, backend, log_stream, clock):
     total_steps = sampler.batches_per_epoch * t_cfg["epochs"]
     optimizer, scheduler, lr, budget = build_optimizer(t_cfg, task.model, sampler.global_batch, total_steps)
     progress = restore(out, task, optimizer, scheduler, backend) if resume else Progress()
+    if progress.step == 0 and t_cfg["init_from"]:
+        initialize_from(t_cfg["init_from"], task, backend)
     if budget is not None:
         clock.attach(budget)                # after restore: a resumed budget keeps its horizon and time spent
     backend.broadcast_parameters(task.model)

@@ -41,6 +41,7 @@ train:
   budget_warmup_steps: 20        # steps at full lr whose second half measures the step time
   budget_step_seconds: 0         # > 0: assume this step time instead of measuring (reproducible)
   precision: auto                # auto | fp32 | bf16: bf16 autocast on CUDA and native-bf16 CPUs (cosmonet/hardware.py)
+  init_from: ""                  # start from these weights: a checkpoint, a run directory or a shipped network (d3m_cpu)
 out: runs/d3m_small
 ```
 """
@@ -113,6 +114,7 @@ class TrainSettings(_Section):
     budget_warmup_steps: int = 20
     budget_step_seconds: float = 0.0
     precision: str = "auto"          # auto | fp32 | bf16 (cosmonet/hardware.py)
+    init_from: str = ""              # weights to start from (not optimiser state): path or shipped name
 
 
 @dataclass(frozen=True, eq=True)
@@ -147,7 +149,7 @@ _TYPES = {
     "train.scheduler": str, "train.checkpoint_every": int, "train.log_every": int, "train.seed": int,
     "train.density_weight": float,
     "train.check_every": int, "train.time_budget": float, "train.budget_warmup_steps": int,
-    "train.budget_step_seconds": float, "train.precision": str,
+    "train.budget_step_seconds": float, "train.precision": str, "train.init_from": str,
     "out": str,
 }
 _CHOICES = {"train.backend": ("ddp", "horovod"), "train.optimizer": ("adam", "sgd"),
