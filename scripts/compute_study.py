@@ -23,17 +23,19 @@ import sys
 import numpy as np
 
 
-def elapsed_by_step(run_dir):
-    """{step: seconds of wall clock since the run began} from train_log.jsonl (resumes added)."""
+def elapsed_by_step(run_dir, key="elapsed_seconds"):
+    """{step: seconds since the run began} from train_log.jsonl (resumed segments added):
+    wall clock (``elapsed_seconds``) or the process's CPU time (``cpu_seconds``, logged
+    since cosmonet 0.2; an empty dict for older logs)."""
     out, offset, last = {}, 0.0, 0.0
     with open(os.path.join(run_dir, "train_log.jsonl")) as fh:
         for line in fh:
             rec = json.loads(line) if line.strip() else {}
-            if "loss" not in rec:
+            if "loss" not in rec or key not in rec:
                 continue
-            if rec["elapsed_seconds"] < last:
+            if rec[key] < last:
                 offset += last
-            last = rec["elapsed_seconds"]
+            last = rec[key]
             out[rec["step"]] = offset + last
     return out
 
@@ -64,7 +66,11 @@ def main():
     ap.add_argument("--eval-data", required=True)
     ap.add_argument("--boxes", type=int, default=64)
     ap.add_argument("--every", type=int, default=4, help="evaluate every N-th checkpoint (and the last)")
-    ap.add_argument("--cores", type=float, default=1.0)
+    ap.add_argument("--cores", type=float, default=1.0,
+                    help="cores a run had, for logs without cpu_seconds (core-hours = wall x cores)")
+    ap.add_argument("--cpu-share", action="append", default=[], metavar="RUN=FRACTION",
+                    help="a run's measured CPU time over its wall time (e.g. from ps), for logs without "
+                         "cpu_seconds; overrides --cores for that run")
     ap.add_argument("--json", required=True)
     ap.add_argument("--plot", default=None)
     args = ap.parse_args()
@@ -81,7 +87,8 @@ def main():
         done = {p["step"] for p in entry["points"]}
         files = sorted(step_files(run_dir))                       # oldest first
         chosen = files[args.every - 1::args.every] + files[-1:]
-        table = elapsed_by_step(run_dir)
+        table, cpu = elapsed_by_step(run_dir), elapsed_by_step(run_dir, "cpu_seconds")
+        share = dict(item.split("=", 1) for item in args.cpu_share).get(name)
         for path in dict.fromkeys(chosen):
             step = int(os.path.basename(path)[5:13])
             if step in done:
@@ -92,8 +99,15 @@ def main():
                          lr=cfg["train"]["lr"], time_budget=cfg["train"]["time_budget"],
                          precision=state.get("precision"))
             wall = wall_at(table, step)
+            if cpu:
+                core_seconds, how = wall_at(cpu, step), "cpu_seconds logged by the trainer"
+            elif share is not None:
+                core_seconds, how = wall * float(share), f"wall x measured CPU share {float(share):.3f}"
+            else:
+                core_seconds, how = wall * args.cores, f"wall x {args.cores:g} cores"
+            entry["core_hours_from"] = how
             entry["points"].append({"step": step, "samples_seen": step * cfg["train"]["batch_size"],
-                                    "wall_seconds": wall, "core_hours": wall * args.cores / 3600 if wall else None,
+                                    "wall_seconds": wall, "core_hours": core_seconds / 3600 if wall else None,
                                     "error": err, "ratio_to_lpt2": err["model"] / err["lpt2"]})
             entry["points"].sort(key=lambda p: p["step"])
             print(f"compute_study: {name} step {step}: error {100 * err['model']:.2f}% "

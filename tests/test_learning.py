@@ -3,7 +3,8 @@
 The full configuration (320 pairs, 8 epochs, about 9 minutes on 2 cores) reached a mean
 displacement error of 10.9% against 15.7% for 2LPT and 17.9% for ZA (docs/training.md).
 Here: the same configuration on 288 pairs (256 training, 32 held out, no validation
-split) and 6 epochs, about 4.5 minutes on a quiet machine (13.0% against 15.7% for 2LPT),
+split) and 6 epochs, about 4.5 minutes on a quiet machine (12.2% against 15.7% for 2LPT,
+with the zero anchor and bf16 since issue 15; 13.0% before),
 trained once by the session fixture ``trained_d3m`` (tests/conftest.py) that the probe
 tests share.
 """

@@ -385,7 +385,8 @@ def train_step(run, x, y, autocast):
     step's update) when the guard is due, every ``train.check_every`` steps."""
     step = run.progress.step + 1
     with autocast:
-        loss = run.task.train_loss(run.model(x).float(), y)
+        pred = run.model(x)
+    loss = run.task.train_loss(pred.float(), y)           # the loss in float32, whatever the precision
     run.guard.record(step, x, y, loss)
     if run.guard.due(step):
         run.guard.check(run.backend, run.last_ckpt)
@@ -396,6 +397,14 @@ def train_step(run, x, y, autocast):
     return loss.detach().reshape(1).double()
 
 
+def _cpu_seconds():
+    """CPU seconds (user + system) of this process and its finished children so far: the
+    compute a run really had, which on a shared machine is less than its wall clock."""
+    import resource
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _log_step(run, lossv):
     p, backend = run.progress, run.backend
     mean_loss = float(backend.allreduce_mean(lossv.clone()))
@@ -403,7 +412,7 @@ def _log_step(run, lossv):
         elapsed = time.perf_counter() - run.t_start
         rec = {"step": p.step, "epoch": p.epoch, "loss": mean_loss, "lr": run.scheduler.get_last_lr()[0],
                "samples_per_second": run.samples_done / elapsed, "data_wait_seconds": run.wait,
-               "compute_seconds": run.compute, "elapsed_seconds": elapsed}
+               "compute_seconds": run.compute, "elapsed_seconds": elapsed, "cpu_seconds": _cpu_seconds()}
         run.log.write(json.dumps(rec) + "\n")
         run.log.flush()
         print(f"train: step {p.step}/{min(run.max_steps, run.total_steps)} epoch {p.epoch} loss {mean_loss:.5f} "
