@@ -81,7 +81,7 @@ def test_horovod_two_ranks_equal_one_rank_with_double_batch(campaign, tmp_path):
                        backend="horovod")
     run_train([one], n=1)
     proc = run_train([two], n=2)
-    assert "(horovod, mpirun)" in proc.stderr
+    assert "(horovod, mpirun, fp32," in proc.stderr
     p1, _ = final_params(tmp_path / "one")
     p2, s2 = final_params(tmp_path / "two")
     assert s2["world_size"] == 2
