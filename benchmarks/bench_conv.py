@@ -278,8 +278,8 @@ def main(argv=None):
     ap.add_argument("--indent", type=int, default=1)
     args = ap.parse_args(argv)
 
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(args.threads or usable)
+    from cosmonet.hardware import usable_cores
+    torch.set_num_threads(args.threads or usable_cores())
     devices = ["cpu", "cuda"] if args.devices == "auto" else args.devices.split(",")
     if "cuda" in devices and not torch.cuda.is_available():
         if args.devices != "auto":

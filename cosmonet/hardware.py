@@ -90,6 +90,13 @@ def local_ranks(environ=None):
     return 1
 
 
+def usable_cores():
+    """The cores this process may run on: its CPU affinity (all cores where unknown)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def torch_threads(environ=None, affinity=None, node_cores=None):
     """``(threads, why)``: the intra-op threads this process should use and a few words on
     where the number comes from (see the module docstring)."""
@@ -98,7 +105,7 @@ def torch_threads(environ=None, affinity=None, node_cores=None):
     if omp:
         return omp, f"OMP_NUM_THREADS={omp}"
     if affinity is None:
-        affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        affinity = usable_cores()
     node_cores = node_cores or os.cpu_count() or affinity
     cores, why = affinity, f"{affinity} cores in this process's CPU affinity"
     slurm = _int_env("SLURM_CPUS_PER_TASK", environ)

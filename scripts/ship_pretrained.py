@@ -39,11 +39,11 @@ K_GOAL = 0.5            # h/Mpc: T and r goals hold up to here
 def export_weights(run_dir, name, extra):
     from cosmonet.pretrained import PRETRAINED_DIR, export
     from cosmonet.train.checkpoint import load_checkpoint, resolve_checkpoint
-    from cosmonet.train.loop import training_setup_record
+    from cosmonet.train.loop import campaign_setup, training_setup_record
     path = resolve_checkpoint(run_dir)
     state = load_checkpoint(path)
     if not state.get("training_setup"):
-        state["training_setup"] = training_setup_record(state["config"]["data"]["root"])
+        state["training_setup"] = training_setup_record(campaign_setup(state["config"]["data"]["root"])[0])
     out = os.path.join(PRETRAINED_DIR, name)
     export(state, out, extra=dict(extra, source_checkpoint=os.path.basename(path)))
     return out, state
@@ -119,6 +119,9 @@ def markdown(card):
             value = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                               for k, v in value["kwargs"].items())
         lines.append(f"| {label} | {value} |")
+    import yaml
+    lines += ["", f"The training config (`configs/{card['config_file']}` with the run's overrides), as stored in "
+              "the weights:", "", "```yaml", yaml.safe_dump(card["config"], sort_keys=False).rstrip(), "```"]
     lines += ["", f"## Evaluation ({ev['n_boxes']} pairs of {describe_campaign(card['evaluation_data'])}: a seed "
               "training never saw)", "",
               "| | model | 2LPT | ZA |", "|---|---|---|---|",

@@ -19,6 +19,18 @@ from mpi_util import cosmonet_exe, mpi_env, mpirun
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module: small convolutions on a shared 2-core machine run
+    faster (and far steadier) on one thread than with OpenMP threads competing with other
+    processes. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def tiny_pairs(tmp_path_factory):
     """The directory of a tiny campaign: 12 pairs of 8^3 particles in 32 Mpc/h, 2 steps,

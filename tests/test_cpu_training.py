@@ -13,12 +13,7 @@ from cosmonet.models import build_model
 from cosmonet.models.lpt_prior import lpt2_coefficient, second_order_displacement
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- threads

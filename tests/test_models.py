@@ -13,14 +13,7 @@ from cosmonet.models import registry
 from cosmonet.models.layers import (ConvBlock, DownBlock, PeriodicConv3d, PeriodicConvTranspose3d, UpBlock)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small convolutions on a shared 2-core machine run faster (and far steadier) on one
-    # thread than with OpenMP threads competing with other processes.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def seeded_unet(seed=0, **kw):

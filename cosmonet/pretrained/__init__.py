@@ -33,27 +33,33 @@ def available():
                   if os.path.isfile(os.path.join(PRETRAINED_DIR, name, WEIGHTS)))
 
 
+def _shipped(name):
+    """The weights file that ``NAME`` or ``pretrained:NAME`` names, or None."""
+    bare = name[len(PREFIX):] if name.startswith(PREFIX) else name
+    path = os.path.join(PRETRAINED_DIR, bare, WEIGHTS)
+    if os.sep in bare or bare in ("", ".", "..") or not os.path.isfile(path):
+        return None
+    return path
+
+
 def weights_path(name):
     """The weights file of the shipped network ``name``; InputError listing the names."""
-    if name.startswith(PREFIX):
-        name = name[len(PREFIX):]
-    path = os.path.join(PRETRAINED_DIR, name, WEIGHTS)
-    if os.sep in name or name in ("", ".", "..") or not os.path.isfile(path):
-        raise InputError(f"no shipped network {name!r} (shipped: {', '.join(available()) or 'none'})")
+    path = _shipped(name)
+    if path is None:
+        bare = name[len(PREFIX):] if name.startswith(PREFIX) else name
+        raise InputError(f"no shipped network {bare!r} (shipped: {', '.join(available()) or 'none'})")
     return path
 
 
 def resolve(name_or_path):
     """``name_or_path`` when it exists, else the weights file of the shipped network of that
-    name (``NAME`` or ``pretrained:NAME``), else None."""
+    name (``NAME`` or ``pretrained:NAME``), else None; InputError for ``pretrained:NAME``
+    when nothing of that name is shipped."""
     if os.path.exists(name_or_path):
         return name_or_path
-    bare = name_or_path[len(PREFIX):] if name_or_path.startswith(PREFIX) else name_or_path
-    if bare and os.sep not in bare and os.path.isfile(os.path.join(PRETRAINED_DIR, bare, WEIGHTS)):
-        return os.path.join(PRETRAINED_DIR, bare, WEIGHTS)
     if name_or_path.startswith(PREFIX):
-        weights_path(name_or_path)          # raises, listing the shipped names
-    return None
+        return weights_path(name_or_path)
+    return _shipped(name_or_path)
 
 
 def card(name):

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import InputError, TrainingError  # noqa: F401  (TrainingError: callers import it from here)
 from ..hardware import autocast as autocast_for
-from ..hardware import resolve_precision
+from ..hardware import resolve_precision, usable_cores
 from ..interrupts import stop_training
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
 from .dist import init_backend
@@ -117,27 +117,34 @@ def _train_loss(cfg, box, model):
     return lambda pred, target: displacement_loss(pred, target, scale, box, weight)
 
 
-def auto_lpt2_prior(cfg):
-    """``model.lpt2_prior: auto``: the 2LPT coefficient of the campaign at ``data.root``
-    (its cosmology, a_final, cell size) and ``data.scale`` (:mod:`cosmonet.models.lpt_prior`)."""
-    from ..models.lpt_prior import lpt2_coefficient
+def campaign_setup(root):
+    """``(sim, None)``: the SimConfig of the campaign at ``root`` with its one cosmology, read
+    once for the model's prior, its depth check and the checkpoint's record; or ``(None,
+    why)`` for a campaign of several cosmologies."""
     from .generated import campaign_simulation
     try:
-        sim, _ = campaign_simulation(cfg["data"]["root"])
+        return campaign_simulation(root)[0], None
     except InputError as exc:
-        raise InputError(f"train config: model.lpt2_prior: auto: {exc}; give the coefficient as a number") from None
+        return None, str(exc)
+
+
+def auto_lpt2_prior(cfg, sim, why):
+    """``model.lpt2_prior: auto``: the 2LPT coefficient of the campaign's ``sim`` (its
+    cosmology, a_final, cell size) and ``data.scale`` (:mod:`cosmonet.models.lpt_prior`);
+    ``why``: what :func:`campaign_setup` said when there is no ``sim``."""
+    from ..models.lpt_prior import lpt2_coefficient
+    if sim is None:
+        raise InputError(f"train config: model.lpt2_prior: auto: {why or 'needs a displacement campaign'}; "
+                         f"give the coefficient as a number")
     return lpt2_coefficient(sim.cosmology, sim.a_final, sim.box, sim.nc, cfg["data"]["scale"])
 
 
-def training_setup_record(root):
+def training_setup_record(sim):
     """What a D3M checkpoint records of its training pairs (box and grid in Mpc/h and cells,
     FastPM steps, force-mesh boost, a_start, a_final, cosmology as plain data), so that
-    ``probe`` and ``emulate`` know them without the campaign; None for a campaign of
-    several cosmologies."""
-    from .generated import campaign_simulation
-    try:
-        sim, _ = campaign_simulation(root)
-    except InputError:
+    ``probe`` and ``emulate`` know them without the campaign; None without ``sim`` (a
+    campaign of several cosmologies, see :func:`campaign_setup`)."""
+    if sim is None:
         return None
     return {"nc": int(sim.nc), "box": float(sim.box), "steps": int(sim.steps), "boost": float(sim.boost),
             "a_start": float(sim.a_start), "a_final": float(sim.a_final), "cosmology": sim.cosmology.to_dict()}
@@ -166,8 +173,9 @@ def build_task(cfg, device):
     d = cfg["data"]
     torch.manual_seed(cfg["train"]["seed"])
     model_kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
+    sim, no_sim = (None, None) if is_param_task(cfg) else campaign_setup(d["root"])
     if model_kwargs.get("lpt2_prior") == "auto":
-        model_kwargs["lpt2_prior"] = auto_lpt2_prior(cfg)
+        model_kwargs["lpt2_prior"] = auto_lpt2_prior(cfg, sim, no_sim)
     if is_param_task(cfg):
         train_set, val_set = build_param_datasets(cfg)
         val_set, no_validation = _validation(val_set)
@@ -179,7 +187,7 @@ def build_task(cfg, device):
     else:
         normalization = {"input": d["input"], "target": d["target"], "scale": d["scale"]}
     if not is_param_task(cfg):
-        _check_depth(cfg, model_kwargs)
+        _check_depth(cfg, model_kwargs, sim)
     try:
         model = build_model(cfg["model"]["name"], **model_kwargs).to(device)
     except (ValueError, TypeError) as exc:
@@ -192,21 +200,21 @@ def build_task(cfg, device):
         val_base, no_validation = _validation(val_base)
         train_set, val_set = EpochItems(train_base), (EpochItems(val_base) if val_base is not None else None)
         box = train_base.box_size
-    setup = None if is_param_task(cfg) else training_setup_record(d["root"])
+    setup = training_setup_record(sim)
     return Task(train_set=train_set, val_set=val_set, model=model, train_loss=_train_loss(cfg, float(box), model),
                 val_loss=getattr(model, "loss", _mse), signature=signature, normalization=normalization,
                 training_setup=setup, no_validation=no_validation)
 
 
-def _check_depth(cfg, model_kwargs):
+def _check_depth(cfg, model_kwargs, sim):
     """InputError before the network is built when its 2**depth downsampling does not
     divide the campaign's boxes (a U-Net of depth 9 on 16^3 boxes used to grow until the
-    kernel killed it)."""
+    kernel killed it). ``sim``: the campaign's SimConfig, or None (then campaign.yaml is read)."""
     from ..campaign.store import read_config
     depth = model_kwargs.get("depth", 2)
     if not isinstance(depth, int) or isinstance(depth, bool) or not 0 <= depth <= 30:
         return                              # the model's own check names it
-    nc = read_config(cfg["data"]["root"]).nc
+    nc = sim.nc if sim is not None else read_config(cfg["data"]["root"]).nc
     if nc % 2 ** depth:
         raise InputError(f"train config: model.depth={depth} needs box sides divisible by 2**{depth} = "
                          f"{2 ** depth}; the campaign {cfg['data']['root']} has {nc}^3 boxes")
@@ -322,7 +330,7 @@ def batch_source(cfg, task, sampler, device, backend):
     if staged is not None:
         return staged
     workers = cfg["data"]["num_workers"]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     if workers > 2 * cores:
         _say(backend, f"train: data.num_workers {workers} capped to {2 * cores} (twice the {cores} cores this "
                       f"process has)")
