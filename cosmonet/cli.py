@@ -224,7 +224,7 @@ def cmd_power(args):
 def _power(args, comm, attrs, row, nmesh):
     import numpy as np
 
-    from .analysis.power import cross_power, binned_power, density_k
+    from .analysis.power import cross_power, binned_power, density_k, gaussian_errors
     from .mesh import ParticleMesh
 
     from .io.simfile import read_positions
@@ -241,6 +241,7 @@ def _power(args, comm, attrs, row, nmesh):
         res.pop("edges")
     if len(res["k"]) == 0:
         raise InputError(f"no k bin below the Nyquist frequency holds a mode: --nmesh {nmesh} is too small")
+    res.update(gaussian_errors(res))
     out = {key: np.asarray(v).tolist() for key, v in res.items()}
     out.update(field=args.field, second=args.second, index=args.index, nmesh=nmesh, box_size=box,
                shotnoise=box ** 3 / nc ** 3, compensation=args.compensation,
