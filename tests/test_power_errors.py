@@ -138,3 +138,36 @@ def test_evaluation_reports_and_draws_the_scatter_over_boxes(tiny_pairs, tmp_pat
     assert boxes_title(report, first_only=True).startswith("shard 0, simulation 2;")
     paths = plot_report(report, slices, str(tmp_path / "plots"))
     assert all(os.path.getsize(p) > 10000 for p in paths)
+
+
+def test_cosmology_probe_figures_show_the_scatter_and_name_the_boxes(tiny_pairs, tmp_path):
+    """The cosmology probe's T(k) and r(k) figures draw each cosmology's scatter over its
+    boxes as bands, and name its parameters, box count and shards."""
+    from matplotlib.collections import PolyCollection
+
+    import cosmonet.probes.figures as figures
+    from cosmonet.probes.cosmology_probe import probe_cosmology
+    rep = probe_cosmology(lambda za: za, tiny_pairs, max_boxes=3)
+    (c,) = rep["cosmologies"]
+    assert c["n_boxes"] == 3 and c["indices"] == [0, 1, 2] and c["shards"] == [0, 0, 0]
+    assert len(c["density"]["T_lpt2_scatter"]) == len(c["k"])
+    drawn = {}
+    real_save = figures._save
+
+    def keep(fig, path):
+        drawn[os.path.basename(path)] = fig
+        legend = " ".join(t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts())
+        drawn[os.path.basename(path) + ":legend"] = legend
+        drawn[os.path.basename(path) + ":bands"] = sum(isinstance(a, PolyCollection) for ax in fig.axes
+                                                        for a in ax.collections)
+        drawn[os.path.basename(path) + ":title"] = fig._suptitle.get_text() if fig._suptitle else ""
+        return real_save(fig, path)
+    figures._save = keep
+    try:
+        figures.plot_cosmology(rep, str(tmp_path))
+    finally:
+        figures._save = real_save
+    for name in ("cosmology_T.png", "cosmology_r.png"):
+        assert drawn[name + ":bands"] == 4, name               # model and 2LPT, density and displacement
+        assert "Omega_m=0.3089" in drawn[name + ":legend"] and "3 boxes, shard 0" in drawn[name + ":legend"]
+        assert "scatter (std) over each cosmology's boxes" in drawn[name + ":title"]
