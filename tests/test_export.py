@@ -206,3 +206,13 @@ def test_refuses_to_write_over_its_input_and_non_finite_values(inputs, tmp_path)
     proc = _main(["export", bad, "--out", tmp_path / "nan.hdf5"])
     assert_clean_error(proc, "fastpm/disp has 1 non-finite")
     assert sorted(os.listdir(tmp_path)) == ["nan.h5"]
+
+
+def test_header_counts_beyond_two_to_the_32_and_particle_mass():
+    from cosmonet.io.gadget import header_attrs
+    h = header_attrs({"nc": 2048, "box_size": 1000.0, "a_final": 1.0, "Omega_m": 0.3, "h": 0.7}, 2048 ** 3)
+    total = int(h["NumPart_Total"][1]) + (int(h["NumPart_Total_HighWord"][1]) << 32)
+    assert total == 2048 ** 3 and h["NumPart_Total_HighWord"][1] == 2
+    # 0.3 rho_crit (1000 Mpc/h)^3 / 2048^3 = 0.3 * 2.775e11 * 1e9 / 2048^3 Msun/h = 9.69e9 Msun/h
+    assert h["MassTable"][1] == pytest.approx(0.3 * 2.775366e11 * 1e9 / 2048 ** 3 / 1e10, rel=1e-6)
+    assert h["Redshift"] == 0.0 and h["OmegaLambda"] == pytest.approx(0.7)
