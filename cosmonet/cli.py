@@ -224,7 +224,7 @@ def cmd_power(args):
 def _power(args, comm, attrs, row, nmesh):
     import numpy as np
 
-    from .analysis.power import cross_power, binned_power, density_k
+    from .analysis.power import cross_power, binned_power, density_k, gaussian_errors
     from .mesh import ParticleMesh
 
     from .io.simfile import read_positions
@@ -241,6 +241,7 @@ def _power(args, comm, attrs, row, nmesh):
         res.pop("edges")
     if len(res["k"]) == 0:
         raise InputError(f"no k bin below the Nyquist frequency holds a mode: --nmesh {nmesh} is too small")
+    res.update(gaussian_errors(res))
     out = {key: np.asarray(v).tolist() for key, v in res.items()}
     out.update(field=args.field, second=args.second, index=args.index, nmesh=nmesh, box_size=box,
                shotnoise=box ** 3 / nc ** 3, compensation=args.compensation,
@@ -682,6 +683,40 @@ def _errors_vs_fastpm(emulated, za, others):
     return {name: displacement_error(f.astype(np.float64), true) for name, f in fields if f is not None}
 
 
+# --------------------------------------------------------------------------- export
+def _add_export(sub):
+    p = sub.add_parser("export", help="one simulation's particles as a Gadget HDF5 snapshot (pynbody, yt, ...)")
+    p.add_argument("input", help="HDF5 file from run-sim or emulate, or a campaign shard (with --index)")
+    p.add_argument("--out", required=True, help="output Gadget HDF5 snapshot (e.g. snap.hdf5)")
+    p.add_argument("--field", default="fastpm", choices=("za", "lpt2", "fastpm", "emulated"),
+                   help="particles to write (default fastpm; emulated: positions only, the network has no velocities)")
+    p.add_argument("--index", type=int, default=None,
+                   help="campaign shard: the simulation (its campaign index, params/index) to export")
+    p.add_argument("--length-unit", default="kpc", choices=("kpc", "Mpc"),
+                   help="Coordinates and BoxSize in kpc/h (default, as Gadget) or Mpc/h")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args):
+    from .io.atomic import check_writable_dir
+    from .io.gadget import export_gadget
+
+    if _comm().rank != 0:
+        return 0
+    _check_int("--index", args.index, 0)
+    if not os.path.isfile(args.input):
+        raise InputError(f"input {args.input} does not exist" if not os.path.exists(args.input)
+                         else f"input {args.input} is not a file")
+    _refuse_overwrite({"input": args.input}, {"--out": args.out})
+    check_writable_dir(args.out)
+    summary = export_gadget(args.input, args.out, field=args.field, index=args.index, length_unit=args.length_unit)
+    if not summary["velocities"]:
+        print(f"export: warning: {args.input} has no {args.field}/vel, so {args.out} holds Coordinates and "
+              "ParticleIDs only (no Velocities)", file=sys.stderr, flush=True)
+    print(json.dumps(summary))
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 def build_parser():
     parser = _Parser(prog="cosmonet", description=__doc__.splitlines()[0])
@@ -693,6 +728,7 @@ def build_parser():
     _add_train(sub)
     _add_evaluate(sub)
     _add_emulate(sub)
+    _add_export(sub)
     from .probes.command import add_probe_parser
     add_probe_parser(sub)
     return parser
