@@ -118,7 +118,7 @@ def _grid_sigma_warning(cfg):
     InputError above the refusal threshold (:mod:`cosmonet.sim.sanity`)."""
     from .sim.sanity import grid_sigma, judge
     return judge(grid_sigma(cfg.cosmology, cfg.nc, cfg.box, cfg.a_final), cfg.nc, cfg.box, cfg.a_final,
-                 f"run-sim (--nc {cfg.nc}, --box {cfg.box:g}, --a-final {cfg.a_final:g})")
+                 f"run-sim --nc {cfg.nc} --box {cfg.box:g} --a-final {cfg.a_final:g}")
 
 
 def _open_linear_field(path, nc):

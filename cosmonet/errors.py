@@ -32,7 +32,7 @@ def shown(value, limit=SHOWN_CHARS):
 
 
 #: the longest error line the command line prints (characters after ``cosmonet: error: ``)
-LINE_CHARS = 300
+LINE_CHARS = 400
 #: a run of characters without a space longer than this is cut in an error line
 WORD_CHARS = 100
 

@@ -204,11 +204,11 @@ def validate(raw):
         raise InputError("config: n_sims is required")
     kw = dict(raw)
     for key in _INT_KEYS:
-        if key in kw:
-            kw[key] = _as_int(key, kw[key], 0 if key in ("seed", "density_nmesh") else 1)
-    if "seed" in kw:
-        from .plan import check_seed
-        check_seed("config: seed", kw["seed"])
+        if key == "seed" and key in kw:
+            from .plan import check_seed
+            kw[key] = check_seed("config: seed", kw[key])
+        elif key in kw:
+            kw[key] = _as_int(key, kw[key], 0 if key == "density_nmesh" else 1)
     for key in _FLOAT_KEYS:
         if key in kw:
             kw[key] = _as_float(key, kw[key])

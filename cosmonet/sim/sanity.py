@@ -118,13 +118,11 @@ def judge(sigma, nc, box, a, what):
     InputError above :data:`REFUSE_SIGMA`. ``what`` names the run, e.g. ``"run-sim"`` or
     ``"config"`` (with the cosmology when it matters)."""
     from ..errors import InputError
-    words = (f"the linear density contrast has rms {sigma:.3g} on the grid at a_final = {a:g} (cell "
-             f"{box / nc:g} Mpc/h: {nc} particles per side in {box:g} Mpc/h)")
+    words = f"linear density rms {sigma:.3g} on the grid at a_final {a:g} (cell {box / nc:.3g} Mpc/h)"
     if sigma > REFUSE_SIGMA:
-        raise InputError(f"{what}: {words}, above {REFUSE_SIGMA:g}: far beyond linear on the cell scale, not a "
-                         f"cosmological simulation of this box; use a larger box, fewer particles or a smaller "
-                         f"a_final (docs/physics.md)")
+        raise InputError(f"{what}: {words} is above {REFUSE_SIGMA:g}: not a cosmological simulation of this box; "
+                         f"use a larger box or fewer particles (docs/physics.md)")
     if sigma > WARN_SIGMA:
-        return (f"{what}: warning: {words}, above {WARN_SIGMA:g}: strongly non-linear on the cell scale "
-                f"(ZA and 2LPT far from FastPM there; docs/physics.md)")
+        return (f"{what}: warning: {words} is above {WARN_SIGMA:g}: strongly non-linear on the cell scale "
+                f"(docs/physics.md)")
     return None
