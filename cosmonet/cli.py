@@ -587,7 +587,7 @@ def _evaluate(args):
     model, norm, state = load_emulator(args.checkpoint)
     is_paramnet = state["model_signature"]["name"] == "paramnet"
     if is_paramnet != is_param_task(cfg):
-        raise InputError(f"checkpoint {args.checkpoint} holds model {state['model_signature']['name']!r}, "
+        raise InputError(f"--checkpoint {args.checkpoint} holds model {state['model_signature']['name']!r}, "
                          f"which does not fit the config's data.target {cfg['data']['target']!r}")
     with remove_on_failure(args.json, args.plots):
         if is_paramnet:
@@ -652,12 +652,12 @@ def _emulate_input_shape(path):
     from .io.simfile import open_sim_file
     with open_sim_file(path) as f:
         if "za/disp" not in f:
-            raise InputError(f"{path} has no za/disp: not a run-sim simulation file")
+            raise InputError(f"--input {path} has no za/disp: not a run-sim simulation file")
         shape = f["za/disp"].shape
     if len(shape) == 5:
-        raise InputError(f"{path} is a campaign shard ({shape[0]} simulations); emulate takes one run-sim file")
+        raise InputError(f"--input {path} is a campaign shard ({shape[0]} simulations); emulate takes one run-sim file")
     if len(shape) != 4 or shape[0] != 3 or len(set(shape[1:])) != 1:
-        raise InputError(f"{path}: za/disp has shape {shape}, expected (3, n, n, n)")
+        raise InputError(f"--input {path}: za/disp has shape {shape}, expected (3, n, n, n)")
     return shape
 
 

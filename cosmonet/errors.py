@@ -32,9 +32,9 @@ def shown(value, limit=SHOWN_CHARS):
 
 
 #: the longest error line the command line prints (characters after ``cosmonet: error: ``)
-LINE_CHARS = 400
+LINE_CHARS = 500
 #: a run of characters without a space longer than this is cut in an error line
-WORD_CHARS = 100
+WORD_CHARS = 200
 
 
 def short_line(msg, limit=LINE_CHARS, word=WORD_CHARS):
