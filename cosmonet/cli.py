@@ -607,7 +607,7 @@ def _emulate_input_shape(path):
 def cmd_emulate(args):
     from .io.atomic import check_writable_dir
     from .io.simfile import read_displacements, write_emulated
-    from .resources import check_memory, emulate_bytes
+    from .resources import check_memory
 
     if _comm().rank != 0:
         return 0
@@ -623,7 +623,7 @@ def cmd_emulate(args):
     n = shape[-1]
     if args.tile is not None and args.tile < n and n % args.tile:
         raise InputError(f"emulate: --tile {args.tile} does not divide the box of {n} cells")
-    from .emulate import check_tiling, emulate_box, load_emulator
+    from .emulate import check_margin, check_tiling, emulate_box, load_emulator, memory_need
     from .hardware import set_torch_threads
     from .probes.command import check_emulator
     from .train.checkpoint import resolve_checkpoint
@@ -631,13 +631,13 @@ def cmd_emulate(args):
     model, norm, state = load_emulator(args.checkpoint)
     check_emulator(state, args.checkpoint)
     margin = args.margin
+    check_margin(n, args.tile, args.margin)
     if args.tile is not None:
         margin = check_tiling(model, n, args.tile, args.margin)
-    channels = int((state["model_signature"].get("kwargs") or {}).get("base_channels", 64))
     tiled = args.tile is not None and args.tile < n
-    cells = 8 * (args.tile + 2 * margin) ** 3 if tiled else n ** 3
-    need = emulate_bytes(n, channels, min(cells, 8 * n ** 3))
-    check_memory(need, f"emulate on {n}^3 cells" + (f" in tiles of {args.tile}" if tiled else ""))
+    need = memory_need(model, n, args.tile, margin or 0)[0]
+    check_memory(need, f"emulate on {n}^3 cells" + (f" in tiles of {args.tile} + {margin} cells of context"
+                                                    if tiled else ""))
     disp, attrs, others = read_displacements(args.input)
     from .emulate import outside_training
     for line in outside_training(state.get("training_setup"), attrs):
