@@ -249,13 +249,13 @@ def _power(args, comm, attrs, row, nmesh):
         from .io.atomic import write_json
         write_json(args.json, out)
         if args.plot:
-            from .analysis.plots import plot_power
+            from .analysis.plots import path_label, plot_power
             from .cosmology import KEYS, Cosmology, growth_for
             cosmo = Cosmology.from_dict({k: attrs[k] for k in KEYS if k in attrs})
             kl = np.geomspace(pm.k_fundamental, pm.k_nyquist, 100)
             a = float(attrs.get("a_final", 1.0))
             plin = cosmo.linear_power(kl) * growth_for(cosmo).D1(a) ** 2
-            plot_power(out, args.plot, title=f"{os.path.basename(args.sim)}: nc={nc}, L={box:g} Mpc/h, "
+            plot_power(out, args.plot, title=f"{path_label(os.path.basename(args.sim))}: nc={nc}, L={box:g} Mpc/h, "
                        f"a={a:g}", linear=(kl, plin))
         print(json.dumps({"json": args.json, "plot": args.plot, "bins": len(out["k"])}))
     return 0

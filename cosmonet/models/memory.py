@@ -11,17 +11,18 @@ an operation creates and subtracts them when the tensor is freed: its peak is th
 sum of live tensors (activations kept for the backward pass, gradients, temporaries).
 
 Training (:func:`training_bytes`), per process:
-``weights + optimiser state + peak of one step + the input and target batch``, with the
-weights 4 B per parameter, Adam's two moments 8 B (SGD's momentum 4 B), a data-parallel
-run's gradient buckets 4 B more; the step's peak includes the gradients (4 B).
+``weights + optimiser state + peak of one step + workspace + the input and target batch``,
+with the weights 4 B per parameter, Adam's two moments 8 B (SGD's momentum 4 B), a
+data-parallel run's gradient buckets 4 B more; the step's peak includes the gradients
+(4 B); the workspace is the column buffer of the first convolution's backward on a CPU
+(:func:`first_conv_workspace`, measured).
 Inference (:func:`inference_bytes`): ``weights + peak of one forward pass under no_grad +
 its input``. Neither includes the interpreter and libraries (``cosmonet.resources.BASE``).
 
-Measured against the peak resident size of a real CPU step (``tests/test_hostile_resources.py``:
-U-Net, 8 base channels, depth 2, one 64^3 box, fp32, one thread): the estimate is within a
-factor 1.5 of the measured growth of the peak resident size (see docs/training.md section 2).
-oneDNN workspaces and allocator slack are not counted; the CPU allocator returns big blocks
-to the system at once, so the live sum is what the process holds.
+Measured against the growth of the peak resident size of real CPU passes (fp32, one thread,
+U-Net of depth 2 on one box; docs/training.md section 2), measured / estimated: training
+0.94-1.0 (base channels 4, 8, 16 on 96^3, 64^3, 48^3), inference 0.82-0.91 (8 on 96^3,
+16 on 64^3); ``tests/test_hostile_resources.py`` requires a factor 1.5 either way.
 """
 from __future__ import annotations
 
@@ -119,6 +120,28 @@ def step_peak(model, input_shape, target_shape=None, loss=None):
     return mode.peak
 
 
+def first_conv_workspace(model, input_shape):
+    """Bytes of the column buffer (im2col: input channels x kernel volume x output voxels,
+    float32) of the first 3D convolution of ``model`` on ``input_shape``: the CPU backward of
+    the convolution fed by the data (3 or 6 channels) builds it, and it is the one term of a
+    CPU training step's peak that the live tensors miss (measured: the excess over the live
+    sum is 290-330 B per voxel of a 3-channel input, its 3 x 27 x 4 B)."""
+    found = []
+
+    def hook(mod, inputs, output):
+        if not found:
+            found.append(mod.weight.shape[1] * mod.weight[0, 0].numel() * output[0, 0].numel() * output.shape[0])
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
+    try:
+        with _meta_autocast(), torch.no_grad():
+            model(_zeros(input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return found[0] * FLOAT if found else 0
+
+
 def forward_peak(model, input_shape, fn=None):
     """Peak live bytes of one inference pass (no_grad, eval mode) of a meta ``model`` on a
     tensor of ``input_shape``: ``model(x)``, or ``fn(x)`` (a method of the model)."""
@@ -146,7 +169,8 @@ def training_bytes(model, input_shape, target_shape=None, optimizer="adam", data
     parts = {"parameters": n, "weights": n * FLOAT, "optimizer": n * OPTIMIZER_STATE.get(optimizer, 2 * FLOAT),
              "buckets": n * FLOAT if data_parallel else 0,
              "batch": (_numel(input_shape) + _numel(y_shape)) * FLOAT,
-             "step": step_peak(model, input_shape, y_shape, loss)}
+             "step": step_peak(model, input_shape, y_shape, loss),
+             "workspace": first_conv_workspace(model, input_shape)}
     return sum(v for k, v in parts.items() if k != "parameters"), parts
 
 
