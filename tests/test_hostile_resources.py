@@ -300,3 +300,25 @@ def test_no_pyccl_teardown_lines_at_exit(tmp_path):
                           env=mpi_env(), timeout=120)
     assert proc.returncode == 0, describe(proc)
     assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_full_disk_when_a_shard_is_created(world, tmp_path, monkeypatch):
+    """ENOSPC when a shard file is created (before HDF5 writes anything) is the same one
+    line, and no temporary file is left."""
+    import errno as errno_mod
+
+    from cosmonet.io import atomic
+    real = atomic.GuardedFile.__init__
+    opened = []
+
+    def init(self, path, name=None):
+        opened.append(path)
+        if len(opened) == 2:
+            raise OSError(errno_mod.ENOSPC, os.strerror(errno_mod.ENOSPC), name)
+        real(self, path, name)
+
+    monkeypatch.setattr(atomic.GuardedFile, "__init__", init)
+    out = tmp_path / "c"
+    proc = _run_in_process(["simulate", world["cfg"], "--out", out, "--quiet"])
+    assert_clean_error(proc, "No space left on device", "shard_000001.h5")
+    assert _shard_files(out) == ["shard_000000.h5", "shard_000000.json"], _shard_files(out)

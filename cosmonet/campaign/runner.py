@@ -65,7 +65,15 @@ def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
         if j >= len(pending):
             break
         shard = pending[j]
-        writer = shardio.ShardWriter(cfg.out, shard, cfg, config_yaml(cfg)) if leader else None
+        writer = None
+        if leader:
+            try:
+                writer = shardio.ShardWriter(cfg.out, shard, cfg, config_yaml(cfg))
+            except OSError as exc:
+                failure = shardio.write_failure(exc)
+        if group.bcast(failure, root=0) is not None:
+            halted = True
+            break
         try:
             for k, index in enumerate(cfg.shard_indices(shard)):
                 if k and interrupts.group_stop(group):

@@ -66,10 +66,19 @@ class ShardWriter:
         self.path = shard_path(root, shard)
         self._ctx = atomic_path(self.path)
         tmp = self._ctx.__enter__()
+        try:
+            # a full disk is one OSError naming the shard, not HDF5 tracebacks (GuardedFile)
+            self.file = GuardedFile(tmp, name=self.path)
+            self.f = h5py.File(self.file, "w")
+            self._create(cfg, shard, config_yaml)
+        except BaseException as exc:
+            if hasattr(self, "file"):
+                self.file.close()
+            self._ctx.__exit__(type(exc), exc, None)          # removes the temporary file
+            raise
+
+    def _create(self, cfg, shard, config_yaml):
         n = len(self.indices)
-        # a full disk is one OSError naming the shard, not HDF5 tracebacks (GuardedFile)
-        self.file = GuardedFile(tmp, name=self.path)
-        self.f = h5py.File(self.file, "w")
         for name in cfg.fields:
             shape = field_shape(cfg, name)
             ds = self.f.create_dataset(name, shape=(n,) + shape, dtype=np.float32, chunks=(1,) + shape)
