@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from cli_util import assert_clean_error, describe
-from mpi_util import cosmonet_exe, mpi_env, mpirun
+from mpi_util import mpi_env, mpirun
 from test_hostile import _run, _run_in_process, _save, _tree
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
