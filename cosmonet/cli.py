@@ -292,13 +292,13 @@ def _power(args, comm, attrs, row, nmesh):
         from .io.atomic import write_json
         write_json(args.json, out)
         if args.plot:
-            from .analysis.plots import plot_power
+            from .analysis.plots import path_label, plot_power
             from .cosmology import KEYS, Cosmology, growth_for
             cosmo = Cosmology.from_dict({k: attrs[k] for k in KEYS if k in attrs})
             kl = np.geomspace(pm.k_fundamental, pm.k_nyquist, 100)
             a = float(attrs.get("a_final", 1.0))
             plin = cosmo.linear_power(kl) * growth_for(cosmo).D1(a) ** 2
-            plot_power(out, args.plot, title=f"{os.path.basename(args.sim)}: nc={nc}, L={box:g} Mpc/h, "
+            plot_power(out, args.plot, title=f"{path_label(os.path.basename(args.sim))}: nc={nc}, L={box:g} Mpc/h, "
                        f"a={a:g}", linear=(kl, plin))
         print(json.dumps({"json": args.json, "plot": args.plot, "bins": len(out["k"])}))
     return 0
@@ -664,7 +664,7 @@ def _emulate_input_shape(path):
 
 def cmd_emulate(args):
     from .io.simfile import read_displacements, write_emulated
-    from .resources import check_memory, emulate_bytes
+    from .resources import check_memory
 
     if _comm().rank != 0:
         return 0
@@ -680,7 +680,7 @@ def cmd_emulate(args):
     n = shape[-1]
     if args.tile is not None and args.tile < n and n % args.tile:
         raise InputError(f"emulate: --tile {args.tile} does not divide the box of {n} cells")
-    from .emulate import check_tiling, emulate_box, load_emulator
+    from .emulate import check_margin, check_tiling, emulate_box, load_emulator, memory_need
     from .hardware import set_torch_threads
     from .probes.command import check_emulator
     from .train.checkpoint import resolve_checkpoint
@@ -688,13 +688,13 @@ def cmd_emulate(args):
     model, norm, state = load_emulator(args.checkpoint)
     check_emulator(state, args.checkpoint)
     margin = args.margin
+    check_margin(n, args.tile, args.margin)
     if args.tile is not None:
         margin = check_tiling(model, n, args.tile, args.margin)
-    channels = int((state["model_signature"].get("kwargs") or {}).get("base_channels", 64))
     tiled = args.tile is not None and args.tile < n
-    cells = 8 * (args.tile + 2 * margin) ** 3 if tiled else n ** 3
-    need = emulate_bytes(n, channels, min(cells, 8 * n ** 3))
-    check_memory(need, f"emulate on {n}^3 cells" + (f" in tiles of {args.tile}" if tiled else ""))
+    need = memory_need(model, n, args.tile, margin or 0)[0]
+    check_memory(need, f"emulate on {n}^3 cells" + (f" in tiles of {args.tile} + {margin} cells of context"
+                                                    if tiled else ""))
     disp, attrs, others = read_displacements(args.input)
     from .emulate import outside_training
     for line in outside_training(state.get("training_setup"), attrs):

@@ -195,10 +195,30 @@ class Cosmology:
         return _ccl_cosmology(self)
 
 
+_TEARDOWN = []
+
+
 def _ccl():
+    """pyccl, imported on first use; the first import also registers :func:`_free_ccl_objects`
+    to run at interpreter exit."""
     import pyccl
 
+    if not _TEARDOWN:
+        import atexit
+        atexit.register(_free_ccl_objects)   # registered after pyccl's import: runs before pyccl is torn down
+        _TEARDOWN.append(True)
     return pyccl
+
+
+def _free_ccl_objects():
+    """Free the cached pyccl objects while pyccl is still whole. Left to interpreter shutdown,
+    a cached ``pyccl.Cosmology`` (and its ``Pk2D`` splines) can be destroyed after the pyccl
+    modules' globals are cleared, and its ``__del__`` (``lib.cosmology_free``) then fails with
+    an ``Exception ignored in ... __del__`` line on stderr (about 30 in a ``make test`` log)."""
+    import gc
+    _ccl_cosmology.cache_clear()
+    _growth_cached.cache_clear()
+    gc.collect()
 
 
 @functools.lru_cache(maxsize=32)

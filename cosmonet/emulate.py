@@ -134,6 +134,7 @@ def check_tiling(model, n, tile, margin, radius=None, device="cpu"):
         raise InputError(f"emulate: --tile must be an integer >= 1 (got {tile!r})")
     if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, np.integer)) or margin < 0):
         raise InputError(f"emulate: --margin must be an integer >= 0 (got {margin!r})")
+    check_margin(n, tile, margin)
     if tile >= n:
         return 0
     if n % tile:
@@ -156,6 +157,48 @@ def check_tiling(model, n, tile, margin, radius=None, device="cpu"):
         raise InputError(f"emulate: --margin {margin} is below the network's receptive radius of {radius} cells "
                          f"(use >= {needed}): tiles would differ from the whole box")
     return margin
+
+
+def check_margin(n, tile, margin):
+    """InputError for a ``--margin`` that makes no sense on an n^3 box: one given without
+    tiling (``tile`` None or >= n: the whole box is one periodic pass), or one larger than
+    the box (a tile would hold its own box several times over)."""
+    if margin is None:
+        return
+    if tile is None or tile >= n:
+        raise InputError(f"emulate: --margin {margin} applies to tiles: give --tile smaller than the box of "
+                         f"{n} cells (the whole box runs as one periodic pass without a margin)")
+    if margin > n:
+        raise InputError(f"emulate: --margin {margin} is larger than the box of {n} cells (a tile of {tile} with "
+                         f"that context would span {tile + 2 * margin} cells)")
+
+
+def memory_need(model, n, tile=None, margin=0, batch=8):
+    """``(bytes, parts)``: the memory of :func:`emulate_box` on an n^3 box, estimated on the
+    meta device (:mod:`cosmonet.models.memory`, nothing allocated): the interpreter and
+    libraries (``resources.BASE``), four float32 copies of the 3-component field (input,
+    normalised input, output, the network's output before scaling), the weights, and the
+    network's peak on what it sees at once: the whole box, or a batch of ``min(batch,
+    tiles)`` tiles of ``tile + 2 margin`` cells plus their gathered input (and, for a model
+    with whole-box features such as the 2LPT prior, those features on the whole box)."""
+    from .models.memory import as_meta, forward_peak, parameter_count
+    from .resources import BASE, FIELD_COPIES_PER_CELL
+    meta = as_meta(model)
+    parts = {"base": BASE, "fields": n ** 3 * FIELD_COPIES_PER_CELL, "weights": 4 * parameter_count(meta)}
+    tiled = tile is not None and tile < n
+    if not tiled:
+        parts["network"] = forward_peak(meta, (1, 3, n, n, n))
+    else:
+        fn, feature_channels = _local_part(meta)
+        ext = tile + 2 * margin
+        at_once = min(batch, (n // tile) ** 3)
+        cin = feature_channels or 3
+        shape = (at_once, cin, ext, ext, ext)
+        parts["tiles"] = 2 * at_once * cin * ext ** 3 * 4 + at_once * 3 * ext ** 3 * 4   # cubes, stack, output
+        parts["network"] = forward_peak(meta, shape, fn=fn)
+        if feature_channels is not None:
+            parts["features"] = forward_peak(meta, (1, 3, n, n, n), fn=meta.features) + n ** 3 * cin * 4
+    return sum(parts.values()), parts
 
 
 def _tiles(n, tile):

@@ -13,9 +13,13 @@ one rank, float32 force mesh, 2 FastPM steps, 2026-11-30):
   the six float32 output fields) plus ``PER_FORCE_CELL`` bytes per force-mesh cell
   (nc = 32, 64, 96 with boost 2 gave 0.51, 0.67, 1.12 GB: 750 B per particle);
 - the gather of the full fields on rank 0: ``GATHER_PER_PARTICLE`` bytes per particle;
-- the U-Net at inference: ``UNET_PER_CELL_CHANNEL`` bytes per voxel per base channel
-  (41 B measured at 64^3 and 96^3 with 16 base channels) and four float32 copies of the
-  3-channel field.
+- ``cosmonet emulate``: four float32 copies of the 3-channel field (``FIELD_COPIES_PER_CELL``)
+  and the network's own need, estimated on the meta device for the exact tile, margin and
+  batch (:func:`cosmonet.emulate.memory_need`, :mod:`cosmonet.models.memory`); networks in
+  training likewise (:func:`cosmonet.train.loop.check_model_memory`).
+
+The memory available is the smaller of the node's MemAvailable and what the process's
+control group (cgroup v2 ``memory.max``, or v1 ``memory.limit_in_bytes``) still allows.
 
 They are meant to be within a factor of about 1.5: enough to refuse what cannot fit.
 """
@@ -28,7 +32,6 @@ BASE = 512 * 2 ** 20
 PER_PARTICLE = 400
 PER_FORCE_CELL = 48
 GATHER_PER_PARTICLE = 2 * 6 * 3 * 4
-UNET_PER_CELL_CHANNEL = 48
 FIELD_COPIES_PER_CELL = 4 * 3 * 4
 
 
@@ -43,19 +46,64 @@ def fmt_bytes(n):
 
 
 def available_memory():
-    """Bytes of memory available to new allocations on this node (MemAvailable of
-    /proc/meminfo; the free physical pages where that file does not exist)."""
+    """Bytes of memory available to new allocations here: MemAvailable of /proc/meminfo (the
+    free physical pages where that file does not exist), or less where this process's
+    control group has a lower limit (:func:`cgroup_headroom`)."""
+    node = None
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    node = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if node is None:
+        try:
+            node = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            node = None
+    group = cgroup_headroom()
+    if group is None:
+        return node
+    return group if node is None else min(node, group)
+
+
+def _read_int(path):
+    try:
+        with open(path) as fh:
+            text = fh.read().strip()
+    except OSError:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None                       # "max": no limit
+
+
+def cgroup_headroom(root="/sys/fs/cgroup"):
+    """Bytes this process's control group may still allocate (its limit minus its usage), or
+    None without a limit. cgroup v2 (``memory.max``, ``memory.current`` of the process's own
+    group, read from /proc/self/cgroup) or v1 (``memory/memory.limit_in_bytes``)."""
+    v2 = v1 = ""
+    try:
+        with open("/proc/self/cgroup") as fh:
+            for line in fh:
+                parts = line.strip().split(":", 2)
+                if len(parts) == 3 and parts[0] == "0":
+                    v2 = parts[2].lstrip("/")
+                elif len(parts) == 3 and "memory" in parts[1].split(","):
+                    v1 = parts[2].lstrip("/")
     except OSError:
         pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    candidates = [(os.path.join(root, v2), "memory.max", "memory.current"),
+                  (os.path.join(root, "memory", v1), "memory.limit_in_bytes", "memory.usage_in_bytes")]
+    for base, limit_name, usage_name in candidates:
+        limit = _read_int(os.path.join(base, limit_name))
+        if limit is not None and limit < 2 ** 60:          # v1 writes "no limit" as about 2^63
+            used = _read_int(os.path.join(base, usage_name)) or 0
+            return max(0, limit - used)
+    return None
 
 
 def simulation_bytes(nc, force_nmesh):
@@ -134,12 +182,6 @@ def power_bytes(nc, nmesh, n_fields):
     positions and their copies of ``n_fields`` fields of nc^3 particles (48 B a particle),
     and six float64 copies of the nmesh^3 painting mesh and its transform."""
     return int(n_fields) * int(nc) ** 3 * 48 + int(nmesh) ** 3 * 8 * 6
-
-
-def emulate_bytes(n, base_channels, cells_at_once):
-    """Memory of ``cosmonet emulate`` on an n^3 box: four copies of the 3-channel field and
-    the network's activations on ``cells_at_once`` voxels (the box, or a batch of tiles)."""
-    return BASE + int(n) ** 3 * FIELD_COPIES_PER_CELL + int(cells_at_once) * int(base_channels) * UNET_PER_CELL_CHANNEL
 
 
 def check_device(text):

@@ -34,9 +34,38 @@ def format_log_axis(axis):
     axis.set_minor_formatter(NullFormatter())
 
 
+def printable(text):
+    """``text`` as a figure can draw it: a file name that is not valid UTF-8 (Python keeps its
+    bytes as lone surrogates, which the font renderer refuses with a TypeError) shows those
+    bytes as ``\\xff`` escapes."""
+    text = str(text)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def path_label(path):
+    """A file name for a figure's title: :func:`printable`, with ``$`` escaped so that a name
+    holding two of them is not read as mathematics."""
+    return printable(path).replace("$", r"\$")
+
+
+def _printable_texts(fig):
+    """Make every text of ``fig`` drawable (:func:`printable`): titles, labels, legends."""
+    from matplotlib.text import Text
+    for t in fig.findobj(Text):
+        text = t.get_text()
+        if isinstance(text, str) and text and printable(text) != text:
+            t.set_text(printable(text))
+
+
 def save_png(fig, path, dpi=100):
-    """Lay out ``fig``, give every log-x axis readable k labels, write it to ``path``
-    atomically and close it. Returns ``path``."""
+    """Lay out ``fig``, give every log-x axis readable k labels, make its texts drawable
+    (a non-UTF-8 file name in a title, :func:`printable`), write it to ``path`` atomically
+    and close it. Returns ``path``."""
+    _printable_texts(fig)
     for ax in fig.axes:
         if ax.get_xscale() == "log":
             format_log_axis(ax.xaxis)
@@ -75,7 +104,7 @@ def power_figure(result, title="", linear=None):
         ax.axhline(result["shotnoise"], color="gray", lw=0.8, ls=":", label="shot noise")
     ax.set_ylabel(r"$P(k)$ [$(h^{-1}\mathrm{Mpc})^3$]")
     ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(printable(title), fontsize=9)
     if has_cross:
         ax = axes[1, 0]
         ax.set_xscale("log")

@@ -54,6 +54,7 @@ def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
     last_print = 0.0
     t_loop = time.perf_counter()
     halted = False
+    failure = None              # a write that failed on this rank (full disk): all ranks stop, one line
     while True:
         # --- interrupt hook (issue 12): SIGINT/SIGTERM stop the group at a simulation boundary
         if interrupts.group_stop(group):
@@ -64,7 +65,15 @@ def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
         if j >= len(pending):
             break
         shard = pending[j]
-        writer = shardio.ShardWriter(cfg.out, shard, cfg, config_yaml(cfg)) if leader else None
+        writer = None
+        if leader:
+            try:
+                writer = shardio.ShardWriter(cfg.out, shard, cfg, config_yaml(cfg))
+            except OSError as exc:
+                failure = shardio.write_failure(exc)
+        if group.bcast(failure, root=0) is not None:
+            halted = True
+            break
         try:
             for k, index in enumerate(cfg.shard_indices(shard)):
                 if k and interrupts.group_stop(group):
@@ -75,21 +84,26 @@ def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
                 t1 = time.perf_counter()
                 full = _gather(cfg, result)
                 if leader:
-                    writer.add(k, spec, full)
-                    done = counters.add(1) + 1
-                    n_mine += 1
+                    failure = _write(writer.add, k, spec, full)
+                    if failure is None:
+                        done = counters.add(1) + 1
+                        n_mine += 1
+                if group.bcast(failure, root=0) is not None:
+                    raise _WriteFailed()
                 t_sim += t1 - t0
                 t_io += time.perf_counter() - t1
                 if comm.rank == 0 and show_progress and time.perf_counter() - last_print > 0.5:
                     last_print = print_progress(cfg, done_before, done, to_do, t_loop, stream)
             t0 = time.perf_counter()
             if leader:
-                writer.close()
+                failure = _write(writer.close)
+            if group.bcast(failure, root=0) is not None:
+                raise _WriteFailed()
             t_io += time.perf_counter() - t0
         except BaseException as exc:
             if leader:
                 writer.abort()
-            if not isinstance(exc, interrupts.Interrupted):
+            if not isinstance(exc, (interrupts.Interrupted, _WriteFailed)):
                 raise
             halted = True
             break
@@ -98,11 +112,26 @@ def run_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
     stopped, wall, totals, done_now = end_of_run(cfg, comm, counters, t_start, (t_sim, t_io, n_mine))
     clear_mesh_cache(group)
     group.Free()
+    shardio.raise_write_failure(comm, failure if leader else None)
     if stopped:
         raise interrupts.Interrupted(stopped, stopped_line(cfg, stopped) if comm.rank == 0 else "")
     if comm.rank != 0:
         return None
     return finish(cfg, comm.size, totals, wall, done_now, done_before, stream if show_progress else None)
+
+
+class _WriteFailed(Exception):
+    """A shard write failed on the group's leader (the group stops; see raise_write_failure)."""
+
+
+def _write(fn, *args):
+    """Call a ShardWriter method; the :func:`~cosmonet.campaign.store.write_failure` of an
+    OSError (a full disk), else None."""
+    try:
+        fn(*args)
+    except OSError as exc:
+        return shardio.write_failure(exc)
+    return None
 
 
 def _needed(cfg):

@@ -25,7 +25,7 @@ import yaml
 
 from .. import __version__
 from ..errors import InputError, shown
-from ..io.atomic import atomic_path, write_json
+from ..io.atomic import GuardedFile, atomic_path, write_json
 from ..yamlconfig import load_yaml
 
 SHARD_DIR = "shards"
@@ -66,8 +66,19 @@ class ShardWriter:
         self.path = shard_path(root, shard)
         self._ctx = atomic_path(self.path)
         tmp = self._ctx.__enter__()
+        try:
+            # a full disk is one OSError naming the shard, not HDF5 tracebacks (GuardedFile)
+            self.file = GuardedFile(tmp, name=self.path)
+            self.f = h5py.File(self.file, "w")
+            self._create(cfg, shard, config_yaml)
+        except BaseException as exc:
+            if hasattr(self, "file"):
+                self.file.close()
+            self._ctx.__exit__(type(exc), exc, None)          # removes the temporary file
+            raise
+
+    def _create(self, cfg, shard, config_yaml):
         n = len(self.indices)
-        self.f = h5py.File(tmp, "w")
         for name in cfg.fields:
             shape = field_shape(cfg, name)
             ds = self.f.create_dataset(name, shape=(n,) + shape, dtype=np.float32, chunks=(1,) + shape)
@@ -97,24 +108,53 @@ class ShardWriter:
             v = getattr(spec.cosmology, col)
             p[col][k] = np.nan if v is None else v
         p["done"][k] = 1
+        self.f.flush()
+        self.file.check()           # a failed write (full disk): OSError naming the shard, now
 
     def close(self):
-        """Finish the file (fsync, rename), then write its record. Returns the record."""
+        """Finish the file (fsync, rename), then write its record. Returns the record. A failed
+        write (full disk) is an OSError naming the shard, and leaves neither the shard nor
+        its temporary file (call :meth:`abort`)."""
         if not np.all(self.f["params"]["done"][...] == 1):
             raise RuntimeError(f"shard {self.shard} closed before all its simulations were added")
         self.f.close()
+        self.file.close()
+        self.file.check()
         self._ctx.__exit__(None, None, None)
         record = {"shard": self.shard, "file": os.path.relpath(self.path, self.root),
                   "indices": [self.indices[0], self.indices[-1] + 1], "n": len(self.indices),
                   "sha256": sha256_file(self.path), "bytes": os.path.getsize(self.path)}
-        write_json(record_path(self.root, self.shard), record)
+        try:
+            write_json(record_path(self.root, self.shard), record)
+        except BaseException:
+            os.unlink(self.path)     # a shard without its record would be redone anyway: leave none
+            raise
         return record
 
     def abort(self):
+        """Discard the shard being written (its temporary file)."""
         try:
-            self.f.close()
+            if self.f.id.valid:
+                self.f.close()
         finally:
+            self.file.close()
             self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+def write_failure(exc):
+    """``(errno, strerror, filename)`` of an OSError met while writing a shard, to pass to the
+    other ranks (:func:`raise_write_failure`)."""
+    return (exc.errno, exc.strerror or str(exc), exc.filename)
+
+
+def raise_write_failure(comm, failure):
+    """Collective: every rank learns the write failures of all (``failure``: this rank's
+    :func:`write_failure` or None) and raises the first as an OSError, so that all ranks
+    stop together with the same one-line error (printed by rank 0)."""
+    failures = [f for f in comm.allgather(failure) if f is not None]
+    if failures:
+        code, text, name = failures[0]
+        raise OSError(code, text, name)
 
 
 def read_record(root, shard):

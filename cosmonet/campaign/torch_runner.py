@@ -101,6 +101,7 @@ def run_torch_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
     last_print = 0.0
     t_loop = time.perf_counter()
     halted = False
+    failure = None
     while True:
         if interrupts.received():       # issue 12 hook: SIGINT/SIGTERM stop at a batch boundary
             halted = True
@@ -140,13 +141,16 @@ def run_torch_campaign(cfg, comm, show_progress=True, stream=sys.stderr):
             t_io += time.perf_counter() - t0
         except BaseException as exc:
             writer.abort()
-            if not isinstance(exc, interrupts.Interrupted):
+            if isinstance(exc, OSError):     # a full disk: every rank stops, one line (store.raise_write_failure)
+                failure = shardio.write_failure(exc)
+            elif not isinstance(exc, interrupts.Interrupted):
                 raise
             halted = True
             break
     if halted:
         counters.add(0, len(pending))        # the other ranks take no new shard
     stopped, wall, totals, done_now = end_of_run(cfg, comm, counters, t_start, (t_sim, t_io, n_mine))
+    shardio.raise_write_failure(comm, failure)
     if stopped:
         raise interrupts.Interrupted(stopped, stopped_line(cfg, stopped) if comm.rank == 0 else "")
     if comm.rank != 0:

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..analysis.power import displacement_error
 from ..errors import InputError
-from .planewave import (UNITS, check_mode, check_prediction, compare_modes, fourier_modes, measure_density,
+from .planewave import (UNITS, check_amplitude, check_mode, check_prediction, compare_modes, fourier_modes, measure_density,
                         measure_modes, mode_k, planewave_displacement, run_planewave_nbody, say, zero_input)
 
 #: default sweep, as A |k| (ZA shell crossing at 1)
@@ -43,6 +43,7 @@ def probe_amplitude(predict, setup, mode, amplitudes=None, phase=0.0, tolerance=
     amplitudes = default_amplitudes(mode, setup) if amplitudes is None else [float(a) for a in amplitudes]
     if not amplitudes or not all(math.isfinite(a) and a > 0 for a in amplitudes):
         raise InputError(f"amplitudes must be numbers > 0 Mpc/h (got {amplitudes})")
+    amplitudes = [check_amplitude(a, setup) for a in amplitudes]
     if not (math.isfinite(tolerance) and tolerance > 0):
         raise InputError(f"tolerance must be > 0 (got {tolerance})")
     amplitudes = sorted(amplitudes)

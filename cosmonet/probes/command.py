@@ -220,6 +220,11 @@ def _run_probe(args, kind, phase, phases, amps):
     state = load_checkpoint(args.checkpoint)
     check_emulator(state, args.checkpoint)
     setup, setup_note, train_root = _training_setup(args, state)
+    from .planewave import check_amplitude
+    if kind in ("planewave", "rotation", "phase"):
+        check_amplitude(args.amplitude, setup, "--amplitude")
+    for a in (amps or []) if kind == "amplitude" else []:
+        check_amplitude(a, setup, "--amplitudes")
     notes = [n for n in (setup_note,) if n]
     progress = None if args.quiet else stderr_progress(f"probe {kind}")
     mode = None

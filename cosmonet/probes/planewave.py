@@ -191,6 +191,31 @@ def _phase_field(setup, mode, phase):
     return np.tensordot(kvec, q, axes=1) + phase, kvec
 
 
+#: the smallest amplitude, as a fraction of the box, that a float32 network resolves
+MIN_AMPLITUDE_FRACTION = 1e-7
+
+
+def check_amplitude(amplitude, setup, what="amplitude"):
+    """InputError unless the plane-wave amplitude (Mpc/h) lies in ``[1e-7 L, L]`` for the box L
+    of ``setup``. Above L a particle would move further than the box (the stored displacement
+    wraps; A = 1e30 gave a transfer of 0.15 with exit 0); below 1e-7 L the wave is lost in
+    the float32 rounding of the network's output (A = 1e-30 gave a transfer of 0)."""
+    lo, hi = MIN_AMPLITUDE_FRACTION * setup.box, setup.box
+    try:
+        a = float(amplitude)
+    except (TypeError, ValueError):
+        a = float("nan")
+    if not (math.isfinite(a) and a > 0):
+        raise InputError(f"{what} must be a number > 0 in Mpc/h (got {amplitude!r})")
+    if a > hi:
+        raise InputError(f"{what} {a:g} Mpc/h is larger than the {setup.box:g} Mpc/h box: a displacement beyond "
+                         f"the box is meaningless (use at most {hi:g})")
+    if a < lo:
+        raise InputError(f"{what} {a:g} Mpc/h is below {lo:.3g} Mpc/h (1e-7 of the box): the float32 network "
+                         f"cannot resolve it")
+    return a
+
+
 def planewave_displacement(setup, mode, amplitude, phase=0.0):
     """psi(q) = A k_hat cos(k.q + phi), (3, nc, nc, nc) float64 in Mpc/h, on the Lagrangian grid."""
     theta, kvec = _phase_field(setup, mode, phase)
@@ -458,8 +483,7 @@ def probe_planewave(predict, setup, mode, amplitude, phase=0.0, with_nbody=False
     ``model_vs_fastpm``, ``response_vs_fastpm`` and ``input_vs_fastpm``.
     """
     mode = check_mode(mode, setup)
-    if not (np.isfinite(amplitude) and amplitude > 0):
-        raise InputError(f"amplitude must be > 0 Mpc/h (got {amplitude})")
+    amplitude = check_amplitude(amplitude, setup)
     if not np.isfinite(phase):
         raise InputError(f"phase must be a finite number of radians (got {phase})")
     kmag = mode_k(mode, setup)

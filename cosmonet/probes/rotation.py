@@ -16,7 +16,7 @@ std([(1 + e)^2, 1, 1]) / mean([(1 + e)^2, 1, 1]) at the injected k (tested).
 import numpy as np
 
 from ..errors import InputError
-from .planewave import (EMPTY_BIN, UNITS, check_mode, check_prediction, compare_modes, cube_orbit, describe_field,
+from .planewave import (EMPTY_BIN, UNITS, check_amplitude, check_mode, check_prediction, compare_modes, cube_orbit, describe_field,
                         fourier_modes, mode_k, planewave_displacement, run_planewave_nbody, say, spread)
 
 
@@ -58,8 +58,7 @@ def probe_family(predict, setup, cases, amplitude, with_nbody=False, max_order=4
     displacement and density spectra per case (for figures), and nbody the same for
     FastPM on the same initial conditions (None without ``with_nbody``).
     """
-    if not (np.isfinite(amplitude) and amplitude > 0):
-        raise InputError(f"amplitude must be > 0 Mpc/h (got {amplitude})")
+    amplitude = check_amplitude(amplitude, setup)
     rows, stats, nb_rows, nb_stats = [], [], [], []
     for i, (mode, phase) in enumerate(cases):
         mode = check_mode(mode, setup)

@@ -164,6 +164,7 @@ class Task:
     normalization: dict
     training_setup: dict = None
     no_validation: str = None           # why a configured validation split is not used
+    memory: dict = None                 # the network's memory estimate (bytes, check_model_memory)
 
 
 def build_task(cfg, device):
@@ -188,6 +189,7 @@ def build_task(cfg, device):
         normalization = {"input": d["input"], "target": d["target"], "scale": d["scale"]}
     if not is_param_task(cfg):
         _check_depth(cfg, model_kwargs, sim)
+    memory = check_model_memory(cfg, model_kwargs, _input_side(cfg, model_kwargs, sim), device)
     try:
         model = build_model(cfg["model"]["name"], **model_kwargs).to(device)
     except (ValueError, TypeError) as exc:
@@ -203,7 +205,77 @@ def build_task(cfg, device):
     setup = training_setup_record(sim)
     return Task(train_set=train_set, val_set=val_set, model=model, train_loss=_train_loss(cfg, float(box), model),
                 val_loss=getattr(model, "loss", _mse), signature=signature, normalization=normalization,
-                training_setup=setup, no_validation=no_validation)
+                training_setup=setup, no_validation=no_validation, memory=memory)
+
+
+def _input_side(cfg, model_kwargs, sim):
+    """Cells per side of one training sample: the campaign's boxes, or paramnet's sub-cubes."""
+    if is_param_task(cfg):
+        return model_kwargs.get("input_size")
+    from ..campaign.store import read_config
+    return sim.nc if sim is not None else read_config(cfg["data"]["root"]).nc
+
+
+def _env_count(keys):
+    for key in keys:
+        try:
+            return max(1, int(os.environ[key].split("(")[0]))
+        except (KeyError, ValueError):
+            continue
+    return 1
+
+
+def _local_ranks():
+    """Training processes on this node, from the launcher's environment (1 when unknown)."""
+    return _env_count(("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"))
+
+
+def _ranks():
+    """Training processes in all, from the launcher's environment (1 when unknown)."""
+    return _env_count(("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"))
+
+
+def check_model_memory(cfg, model_kwargs, side, device):
+    """Estimate the memory of training ``cfg``'s network (:mod:`cosmonet.models.memory`, on the
+    meta device: nothing is allocated) and refuse, with the estimate and the available memory,
+    a network that cannot fit or cannot apply to the data, before it is built. Returns the
+    estimate's parts (bytes), or None when it cannot be made (the build then says why)."""
+    from ..models.memory import meta_model, training_bytes
+    from ..resources import BASE, available_memory, fmt_bytes
+    name, t_cfg = cfg["model"]["name"], cfg["train"]
+    try:
+        meta = meta_model(name, **model_kwargs)
+    except (ValueError, TypeError):
+        return None                         # the real build names the bad argument
+    if not isinstance(side, int) or side < 1:
+        return None
+    channels = getattr(meta, "in_channels", 1)
+    shape = (t_cfg["batch_size"], channels, side, side, side)
+    try:
+        need, parts = training_bytes(meta, shape, optimizer=t_cfg["optimizer"], data_parallel=_ranks() > 1)
+    except ValueError as exc:               # the model's own shape checks
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"train config: model {name} cannot apply to the {side}^3 samples of the data: {first}") \
+            from None
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None                         # an operation without a meta kernel: no estimate
+    what = (f"train: model {name} ({parts['parameters']:,} parameters) on batches of {t_cfg['batch_size']} x "
+            f"{side}^3")
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+        if need > free:
+            raise InputError(f"{what} needs about {fmt_bytes(need)} of memory on {device}; it has "
+                             f"{fmt_bytes(free)} free")
+    else:
+        ranks = _local_ranks()
+        total = (BASE + need) * ranks
+        available = available_memory()
+        if available is not None and total > available:
+            on = f" ({ranks} ranks on this node)" if ranks > 1 else ""
+            raise InputError(f"{what} needs about {fmt_bytes(total)} of memory{on}; this node has "
+                             f"{fmt_bytes(available)} available")
+    parts["total"] = need
+    return parts
 
 
 def _check_depth(cfg, model_kwargs, sim):
@@ -583,6 +655,12 @@ def _train(cfg, resume, backend, log_stream, clock):
                   f"{len(task.train_set)} training samples, global batch "
                   f"{sampler.global_batch}, lr {lr:g}, {sampler.batches_per_epoch} steps per epoch, until step "
                   f"{min(run.max_steps, total_steps)}")
+    if task.memory:
+        from ..resources import fmt_bytes
+        m = task.memory
+        _say(backend, f"train: memory estimate {fmt_bytes(m['total'])} per rank besides the interpreter "
+                      f"({m['parameters']:,} parameters: weights {fmt_bytes(m['weights'])}, optimiser "
+                      f"{fmt_bytes(m['optimizer'])}; one step {fmt_bytes(m['step'])})")
     if task.no_validation:
         _say(backend, f"train: runs without validation: {task.no_validation}")
     run.t_start = time.perf_counter()
