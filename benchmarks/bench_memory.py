@@ -29,7 +29,12 @@ def main(argv=None):
     p.add_argument("--boost", type=float, default=2.0, help="force mesh = boost * nc (default 2)")
     p.add_argument("--steps", type=int, default=2, help="FastPM steps (default 2; memory does not grow with steps)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--torch-batch", type=int, default=0, metavar="B",
+                   help="instead: the torch engine on the CPU, B boxes of nc 32 (D3M, 10 steps), "
+                        "peak RSS above a 1-box warm-up, per box")
     args = p.parse_args(argv)
+    if args.torch_batch:
+        return torch_bytes_per_box(args.torch_batch)
 
     from mpi4py import MPI
     import numpy as np
@@ -62,6 +67,28 @@ def main(argv=None):
     if comm.rank == 0:
         json.dump(out, sys.stdout, indent=1)
         print()
+
+
+def torch_bytes_per_box(B):
+    """Peak RSS of a torch-engine batch of B D3M boxes above a 1-box warm-up, per box."""
+    import torch
+    from cosmonet.sim.simulation import SimConfig
+    from cosmonet.torchpm import run_batch
+    torch.set_num_threads(1)
+    cfg = SimConfig(nc=32, box=128.0, steps=10, boost=2)
+    run_batch(cfg, seeds=[0])
+    base = maxrss_bytes()
+    c0 = time.process_time()
+    out = run_batch(cfg, seeds=list(range(1, B + 1)))
+    cpu = time.process_time() - c0
+    peak = maxrss_bytes()
+    outputs = sum(v.nbytes for v in out.values())
+    json.dump({"engine": "torch (CPU)", "boxes": B, "nc": 32, "force_nmesh": 64, "steps": 10,
+               "peak_rss_mib": peak / 2 ** 20, "warmup_baseline_mib": base / 2 ** 20,
+               "bytes_per_box_above_warmup": (peak - base) / B,
+               "output_bytes_per_box": outputs / B,
+               "cpu_s_per_box": cpu / B}, sys.stdout, indent=1)
+    print()
 
 
 if __name__ == "__main__":
