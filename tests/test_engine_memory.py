@@ -48,6 +48,7 @@ def test_real_space_fd4_on_thin_slabs_equals_one_rank_kspace(tmp_path):
     r = np.load(out)
     assert sorted(r["thickness"]) == [1, 1, 2, 2]
     np.testing.assert_allclose(r["real"], r["kspace"], rtol=0, atol=1e-12 * np.abs(r["kspace"]).max())
+    np.testing.assert_allclose(r["kspace_ranks"], r["kspace"], rtol=0, atol=1e-12 * np.abs(r["kspace"]).max())
 
 
 def test_simulation_state_and_traced_peak_per_particle():

@@ -134,14 +134,16 @@ def paint_ghost(arr, nc, start, spacing, mass, order, first, slab, upper, ghost,
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _halo_plane(phi, lo, hi, l):
-    """Plane ``l`` (local index, -2 <= l < nx + 3) of the potential with its halo."""
-    nx = phi.shape[0]
-    if l < 0:
-        return lo[l + 2]
-    if l >= nx:
-        return hi[l - nx]
-    return phi[l]
+def _taps(w1, c1, c2, out):
+    """The 6 weights, offsets -2 .. 3 from the lower cell, of the CIC interpolation
+    (1 - w1, w1) of the FD4 derivative c1 (f[i+1] - f[i-1]) - c2 (f[i+2] - f[i-2])."""
+    w0 = 1.0 - w1
+    out[0] = w0 * c2
+    out[1] = w1 * c2 - w0 * c1
+    out[2] = -w1 * c1
+    out[3] = w0 * c1
+    out[4] = w1 * c1 - w0 * c2
+    out[5] = -w1 * c2
 
 
 @numba.njit(cache=True, nogil=True)
@@ -151,16 +153,21 @@ def readout_fd4_gradient(arr, nc, start, spacing, phi, lo, hi, x0, boxsize, out)
     At a mesh node the gradient along an axis is
     ``(8 (phi[i+1] - phi[i-1]) - (phi[i+2] - phi[i-2])) / (12 H)``, whose Fourier
     transform is ``i (8 sin kH - sin 2kH) / (6H)``: the k-space FD4 kernel of
-    :func:`cosmonet.sim.fastpm.gradient_wavenumber`. It is formed on the fly at the 8
-    corners of each particle's cell, so no gradient mesh is stored. ``phi`` (nx, N, N)
-    is the local slab, ``lo`` (2, N, N) the planes ``x0 - 2, x0 - 1`` and ``hi``
-    (3, N, N) the planes ``x0 + nx .. x0 + nx + 2`` (periodic, from other ranks).
-    ``out`` (n, 3) receives the three components (Mpc/h units of 1 / H times phi).
+    :func:`cosmonet.sim.fastpm.gradient_wavenumber`. Interpolating it with CIC weights
+    is a 6 x 2 x 2 stencil per component (:func:`_taps`), applied directly to ``phi``:
+    no gradient mesh is stored. ``phi`` (nx, N, N) is the local slab, ``lo`` (2, N, N)
+    the planes ``x0 - 2, x0 - 1`` and ``hi`` (3, N, N) the planes ``x0 + nx .. x0 + nx + 2``
+    (periodic, from other ranks). ``out`` (n, 3) receives the three components.
     """
     nx, n = phi.shape[0], phi.shape[1]
     scale = n / boxsize
     c1 = 8.0 / (12.0 * (boxsize / n))
     c2 = 1.0 / (12.0 * (boxsize / n))
+    jj = np.empty(6, np.int64)
+    kk = np.empty(6, np.int64)
+    tx = np.empty(6)
+    ty = np.empty(6)
+    tz = np.empty(6)
     for p in range(arr.shape[0]):
         ix, dx = _cell(_position(arr, p, 0, nc, start, spacing), scale, n)
         iy, dy = _cell(_position(arr, p, 1, nc, start, spacing), scale, n)
@@ -168,36 +175,65 @@ def readout_fd4_gradient(arr, nc, start, spacing, phi, lo, hi, x0, boxsize, out)
         lx = ix - x0
         if lx < 0 or lx >= nx:
             raise ValueError("readout: a particle lies outside this rank's slab")
+        for t in range(6):
+            j = iy + t - 2
+            jj[t] = j + n if j < 0 else (j - n if j >= n else j)
+            k = iz + t - 2
+            kk[t] = k + n if k < 0 else (k - n if k >= n else k)
+        _taps(dx, c1, c2, tx)
+        _taps(dy, c1, c2, ty)
+        _taps(dz, c1, c2, tz)
+        wy0 = 1.0 - dy
+        wz0 = 1.0 - dz
+        j0 = jj[2]
+        j1 = jj[3]
+        k0 = kk[2]
+        k1 = kk[3]
         gx = 0.0
         gy = 0.0
         gz = 0.0
+        if lx >= 2 and lx + 3 < nx:          # interior: no halo, plain 3-D indexing
+            for t in range(6):
+                l = lx + t - 2
+                gx += tx[t] * (wy0 * (wz0 * phi[l, j0, k0] + dz * phi[l, j0, k1])
+                               + dy * (wz0 * phi[l, j1, k0] + dz * phi[l, j1, k1]))
+            for a in range(2):
+                l = lx + a
+                wa = dx if a == 1 else 1.0 - dx
+                sy = 0.0
+                sz = 0.0
+                for t in range(6):
+                    sy += ty[t] * (wz0 * phi[l, jj[t], k0] + dz * phi[l, jj[t], k1])
+                    sz += tz[t] * (wy0 * phi[l, j0, kk[t]] + dy * phi[l, j1, kk[t]])
+                gy += wa * sy
+                gz += wa * sz
+            out[p, 0] = gx
+            out[p, 1] = gy
+            out[p, 2] = gz
+            continue
+        for t in range(6):
+            l = lx + t - 2
+            if l < 0:
+                f = lo[l + 2]
+            elif l >= nx:
+                f = hi[l - nx]
+            else:
+                f = phi[l]
+            gx += tx[t] * (wy0 * (wz0 * f[j0, k0] + dz * f[j0, k1]) + dy * (wz0 * f[j1, k0] + dz * f[j1, k1]))
         for a in range(2):
-            wa = dx if a == 1 else 1.0 - dx
             l = lx + a
-            pm2 = _halo_plane(phi, lo, hi, l - 2)
-            pm1 = _halo_plane(phi, lo, hi, l - 1)
-            p0 = _halo_plane(phi, lo, hi, l)
-            pp1 = _halo_plane(phi, lo, hi, l + 1)
-            pp2 = _halo_plane(phi, lo, hi, l + 2)
-            for b in range(2):
-                wab = wa * (dy if b == 1 else 1.0 - dy)
-                j = iy + b
-                j = j - n if j >= n else j
-                jm1 = j - 1 if j >= 1 else j - 1 + n
-                jm2 = j - 2 if j >= 2 else j - 2 + n
-                jp1 = j + 1 if j + 1 < n else j + 1 - n
-                jp2 = j + 2 if j + 2 < n else j + 2 - n
-                for c in range(2):
-                    w = wab * (dz if c == 1 else 1.0 - dz)
-                    k = iz + c
-                    k = k - n if k >= n else k
-                    km1 = k - 1 if k >= 1 else k - 1 + n
-                    km2 = k - 2 if k >= 2 else k - 2 + n
-                    kp1 = k + 1 if k + 1 < n else k + 1 - n
-                    kp2 = k + 2 if k + 2 < n else k + 2 - n
-                    gx += w * (c1 * (np.float64(pp1[j, k]) - pm1[j, k]) - c2 * (np.float64(pp2[j, k]) - pm2[j, k]))
-                    gy += w * (c1 * (np.float64(p0[jp1, k]) - p0[jm1, k]) - c2 * (np.float64(p0[jp2, k]) - p0[jm2, k]))
-                    gz += w * (c1 * (np.float64(p0[j, kp1]) - p0[j, km1]) - c2 * (np.float64(p0[j, kp2]) - p0[j, km2]))
+            if l >= nx:
+                f = hi[l - nx]
+            else:
+                f = phi[l]
+            wa = dx if a == 1 else 1.0 - dx
+            sy = 0.0
+            sz = 0.0
+            for t in range(6):
+                sy += ty[t] * (wz0 * f[jj[t], k0] + dz * f[jj[t], k1])
+                sz += tz[t] * (wy0 * f[j0, kk[t]] + dy * f[j1, kk[t]])
+            gy += wa * sy
+            gz += wa * sz
         out[p, 0] = gx
         out[p, 1] = gy
         out[p, 2] = gz
