@@ -122,14 +122,20 @@ class ParticleMesh:
 
     @property
     def real_workspace(self):
-        """The real buffer of the forward transform: paint into it, then call
-        ``r2c(pm.real_workspace, out=...)`` to save a copy. Overwritten by every r2c."""
+        """The real buffer of the transforms: paint into it, then call
+        ``r2c(pm.real_workspace, out=...)``. Overwritten by every r2c and c2r."""
         return self.fft.fwd_in
+
+    @property
+    def complex_workspace(self):
+        """The complex buffer of the transforms (output of r2c, input of c2r)."""
+        return self.fft.fwd_out
 
     def r2c(self, real, out=None):
         """Forward FFT of a local real slab, normalised by 1/N^3 (nbodykit convention).
 
-        Returns a new array, or fills ``out``.
+        Returns a new array, or fills ``out``; ``out=pm.complex_workspace`` avoids the
+        copy (the result then lives in the transform's buffer until the next transform).
         """
         with self.timers("fft"):
             if real is not self.fft.fwd_in:
@@ -137,7 +143,8 @@ class ParticleMesh:
             self.fft.forward()
             if out is None:
                 return self.fft.fwd_out.copy()
-            out[...] = self.fft.fwd_out
+            if out is not self.fft.fwd_out:
+                out[...] = self.fft.fwd_out
             return out
 
     def c2r(self, cplx, out=None, kernel=None):
@@ -148,13 +155,15 @@ class ParticleMesh:
         """
         with self.timers("fft"):
             if kernel is None:
-                self.fft.bwd_in[...] = cplx
+                if cplx is not self.fft.bwd_in:
+                    self.fft.bwd_in[...] = cplx
             else:
                 np.multiply(kernel, cplx, out=self.fft.bwd_in)
             self.fft.backward()
             if out is None:
                 return self.fft.bwd_out.copy()
-            out[...] = self.fft.bwd_out
+            if out is not self.fft.bwd_out:
+                out[...] = self.fft.bwd_out
             return out
 
     # ------------------------------------------------------------------ particles
@@ -187,27 +196,70 @@ class ParticleMesh:
         pos = np.asarray(pos, dtype=np.float64)
         if layout is None:
             layout = self.decompose(pos)
-        mass = np.ones(len(pos)) if mass is None else np.broadcast_to(
-            np.asarray(mass, dtype=np.float64), (len(pos),))
         opos = layout.exchange_positions(pos)
-        omass = layout.exchange(np.ascontiguousarray(mass))
-        nx = self.real_shape[0]
-        if self._paint_buffer is None:
-            self._paint_buffer = np.zeros((nx + 1, self.Nmesh, self.Nmesh), dtype=np.float64)
-        slab = self._paint_buffer
-        slab[...] = 0.0
-        cic.paint_slab(opos, omass, slab, self.x0, self.BoxSize)
-        up, down = self._neighbours()
-        if self.comm.size == 1:
-            slab[0] += slab[nx]
+        if mass is None:
+            omass = np.empty(0)
         else:
-            ghost = np.empty_like(slab[0])
-            self.comm.Sendrecv(np.ascontiguousarray(slab[nx]), dest=up, recvbuf=ghost, source=down)
-            slab[0] += ghost
+            mass = np.broadcast_to(np.asarray(mass, dtype=np.float64), (len(pos),))
+            omass = layout.exchange(np.ascontiguousarray(mass))
         if out is None:
-            return slab[:nx].astype(self.dtype)
-        out[...] = slab[:nx]
+            out = self.create_real()
+        self.paint_into(out, opos, omass)
         return out
+
+    def paint_into(self, out, arr, mass=None, lattice=None):
+        """CIC-paint particles that this rank owns into ``out`` (local real slab, mesh
+        dtype, overwritten), folding in the plane painted above the slab from the rank below.
+
+        ``arr`` (n, 3): absolute positions (Mpc/h), or, with ``lattice = (nc, start)``,
+        float32 displacements of the particles of global lattice index ``start + p`` on
+        an ``nc^3`` lattice of this box (positions q + disp formed in float64 in the
+        kernel). ``mass``: per-particle weights, None or empty for 1. Collective.
+        """
+        nc, start = (0, 0) if lattice is None else (int(lattice[0]), int(lattice[1]))
+        spacing = self.BoxSize / nc if nc else 0.0
+        mass = np.empty(0) if mass is None else mass
+        nx, N = self.real_shape[0], self.Nmesh
+        if self._paint_buffer is None:
+            self._paint_buffer = np.zeros((3, N, N), dtype=self.dtype)
+        upper, ghost = self._paint_buffer[:2], self._paint_buffer[2]
+        order = np.empty(len(arr), dtype=np.int32 if len(arr) < 2 ** 31 else np.int64)
+        first = np.zeros(nx + 1, dtype=np.int64)
+        cic.plane_order(arr, nc, start, spacing, self.x0, nx, self.BoxSize, N, order, first)
+        cic.paint_ghost(arr, nc, start, spacing, mass, order, first, out, upper, ghost, self.x0, self.BoxSize)
+        del order
+        if self.comm.size == 1:
+            out[0] += ghost
+        else:
+            up, down = self._neighbours()
+            recv = np.empty_like(ghost)
+            self.comm.Sendrecv(ghost, dest=up, recvbuf=recv, source=down)
+            out[0] += recv
+        return out
+
+    def halo(self, field, below=2, above=3):
+        """The ``below`` planes under the local slab and the ``above`` planes over it
+        (periodic), as arrays (below, N, N) and (above, N, N): planes
+        ``x0 - below .. x0 - 1`` and ``x1 .. x1 + above - 1``. Collective; works for any
+        slab thickness (a plane may come from a rank further away, passed along)."""
+        nx = field.shape[0]
+        lo = np.empty((below,) + field.shape[1:], field.dtype)
+        hi = np.empty((above,) + field.shape[1:], field.dtype)
+        if self.comm.size == 1:
+            for t in range(below):
+                lo[t] = field[(t - below) % nx]
+            for s in range(above):
+                hi[s] = field[s % nx]
+            return lo, hi
+        up, down = self._neighbours()
+        comm = self.comm
+        for s in range(above):          # plane x1 + s is the upper rank's plane x0' + s
+            send = field[s] if s < nx else hi[s - nx]
+            comm.Sendrecv(np.ascontiguousarray(send), dest=down, recvbuf=hi[s], source=up)
+        for m in range(1, below + 1):   # plane x0 - m is the lower rank's plane x1' - m
+            send = field[nx - m] if nx - m >= 0 else lo[below + nx - m]
+            comm.Sendrecv(np.ascontiguousarray(send), dest=up, recvbuf=lo[below - m], source=down)
+        return lo, hi
 
     def readout(self, field, pos, layout=None):
         """CIC-interpolate the local real ``field`` at local particle positions (n, 3).

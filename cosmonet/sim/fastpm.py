@@ -1,6 +1,7 @@
 """FastPM particle-mesh N-body (Feng et al. 2016): kick-drift-kick with growth-based factors.
 
-State: positions x (Mpc/h, wrapped into [0, L)) and momenta p = a^2 dx/dt / H0 (Mpc/h).
+State: float32 displacements x - q from the Lagrangian lattice (Mpc/h; positions are
+q + disp modulo L) and float32 momenta p = a^2 dx/dt / H0 (Mpc/h).
 Equations of motion in H0 = 1 units:
 
     dx/da = p / (a^3 E),   dp/da = 1.5 Omega_m F / (a^2 E),   F(k) = i k / k^2 delta(k)
@@ -9,7 +10,8 @@ with delta the density contrast painted (CIC) on the force mesh. The kick and dr
 factors of :class:`cosmonet.growth.Growth` integrate these exactly for a linearly
 growing mode, so a single step reproduces the Zel'dovich approximation.
 Steps are uniform in a from ``a_start`` to ``a_end``; each step costs one force
-evaluation (1 forward + 3 inverse FFTs on the force mesh).
+evaluation (1 forward + 1 inverse FFT on the force mesh: the FD4 gradient is taken in
+real space, see :class:`GravitySolver`).
 """
 from dataclasses import dataclass
 
@@ -17,39 +19,64 @@ import numba
 import numpy as np
 
 
+from ..mesh import cic
+
+
 # --------------------------------------------------------------------------- in-place updates
 @numba.njit(cache=True, nogil=True)
-def drift_wrap(pos, mom, factor, boxsize):
-    """pos += factor * mom, wrapped periodically into [0, boxsize) (in place)."""
-    for p in range(pos.shape[0]):
+def drift_disp(disp, mom, factor):
+    """disp += factor * mom in place: float64 arithmetic, rounded to the arrays' dtype."""
+    for p in range(disp.shape[0]):
         for d in range(3):
-            x = pos[p, d] + factor * mom[p, d]
-            x = x - boxsize * np.floor(x / boxsize)
-            if x >= boxsize:
-                x = 0.0
-            pos[p, d] = x
+            disp[p, d] = np.float64(disp[p, d]) + factor * np.float64(mom[p, d])
 
 
 @numba.njit(cache=True, nogil=True)
-def axpy(y, alpha, x):
-    """y += alpha * x in place (flat loop, no temporaries)."""
-    yf = y.reshape(-1)
-    xf = x.reshape(-1)
-    for i in range(yf.shape[0]):
-        yf[i] += alpha * xf[i]
+def kick_mom(mom, coef, force):
+    """mom += coef * force in place: float64 arithmetic, rounded to ``mom``'s dtype."""
+    for p in range(mom.shape[0]):
+        for d in range(3):
+            mom[p, d] = np.float64(mom[p, d]) + coef * np.float64(force[p, d])
+
+
+@numba.njit(cache=True, nogil=True)
+def scale_by_inverse_k2(c, kx, ky, kz, factor):
+    """c *= factor / k^2 in place (0 at k = 0), with |k|^2 built from the 1-D wavevector
+    components ``kx`` (c.shape[0],), ``ky``, ``kz`` (h/Mpc): no full-size k^2 array."""
+    for i in range(c.shape[0]):
+        kx2 = kx[i] * kx[i]
+        for j in range(c.shape[1]):
+            kxy2 = kx2 + ky[j] * ky[j]
+            for m in range(c.shape[2]):
+                k2 = kxy2 + kz[m] * kz[m]
+                c[i, j, m] = c[i, j, m] * (factor / k2) if k2 > 0 else 0.0
 
 
 @dataclass
 class ParticleState:
-    """Local particles: positions (n, 3) Mpc/h in [0, L), momenta (n, 3) Mpc/h, scale factor."""
+    """Local particles of a Lagrangian lattice, stored compactly.
 
-    pos: np.ndarray
+    disp (n, 3) float32: x - q in Mpc/h (not wrapped; positions are q + disp modulo L);
+    mom (n, 3) float32: momenta p in Mpc/h; a: scale factor; lattice = (nc, start, box):
+    particle ``p`` is the lattice point of global C-order index ``start + p`` on the
+    ``nc^3`` lattice q = (i, j, k) box / nc. The lattice positions are never stored.
+    """
+
+    disp: np.ndarray
     mom: np.ndarray
     a: float
+    lattice: tuple
 
     def __post_init__(self):
-        self.pos = np.ascontiguousarray(self.pos, dtype=np.float64)
-        self.mom = np.ascontiguousarray(self.mom, dtype=np.float64)
+        self.disp = np.ascontiguousarray(self.disp, dtype=np.float32)
+        self.mom = np.ascontiguousarray(self.mom, dtype=np.float32)
+
+    def positions(self):
+        """Positions (n, 3) in [0, box) Mpc/h, float64 (a new array)."""
+        nc, start, box = self.lattice
+        pos = np.empty(self.disp.shape, np.float64)
+        cic.lattice_positions(self.disp, nc, start, box / nc, pos)
+        return np.mod(pos, box)
 
 
 GRADIENTS = ("fd4", "fd2", "exact")
@@ -77,47 +104,106 @@ def gradient_wavenumber(k, cell, kind):
 class GravitySolver:
     """Long-range PM force on a :class:`~cosmonet.mesh.ParticleMesh` (the force mesh).
 
-    F(k) = i D(k) / k^2 delta(k): exact inverse Laplacian, gradient ``D`` from
-    :func:`gradient_wavenumber` (``"fd4"`` default). Kernels and work buffers live in
-    the mesh's cache, so a cached mesh serves every simulation without reallocating.
+    F = -grad phi with nabla^2 phi = delta: the potential psi = delta(k) / k^2 (= -phi,
+    exact inverse Laplacian, 0 at k = 0) is built in k space from 1-D wavevectors, and
+
+    - ``gradient="fd4"``, ``method="real"`` (default): ONE inverse FFT brings psi to the
+      mesh; the 4-point finite-difference gradient is taken in real space at the corners
+      of each particle's cell, from the local slab plus a halo of 2 planes below and 3
+      above exchanged with the neighbouring ranks, and CIC-interpolated. Its Fourier
+      transform is i (8 sin kH - sin 2kH) / 6H, the k-space FD4 kernel, so the two
+      methods agree to round-off (``tests/test_engine_memory.py``).
+    - ``method="kspace"`` (and ``gradient="fd2"`` or ``"exact"``): F_d(k) = i D_d(k) psi(k)
+      of :func:`gradient_wavenumber`, three inverse FFTs, three force meshes.
+
+    Buffers live in the mesh's cache, so a cached mesh serves every simulation; the real
+    method keeps nothing but the mesh's two FFT buffers.
     """
 
-    def __init__(self, pm, n_particles_total, gradient="fd4"):
-        self.pm = pm
+    def __init__(self, pm, n_particles_total, gradient="fd4", method=None):
+        if gradient not in GRADIENTS:
+            raise ValueError(f"gradient must be one of {GRADIENTS} (got {gradient!r})")
+        method = ("real" if gradient == "fd4" else "kspace") if method is None else method
+        if method not in ("real", "kspace") or (method == "real" and gradient != "fd4"):
+            raise ValueError(f"method must be 'kspace', or 'real' with gradient 'fd4' (got {method!r})")
+        self.pm, self.gradient, self.method = pm, gradient, method
         self.nbar = n_particles_total / pm.Nmesh ** 3
-        key = ("gravity", gradient)
-        if key not in pm.cache:
-            k2 = pm.k2
-            with np.errstate(divide="ignore"):
-                inv_k2 = np.where(k2 > 0, 1.0 / k2, 0.0)
-            ctype = np.complex64 if pm.dtype == np.float32 else np.complex128
-            kernels = [(1j * gradient_wavenumber(pm.gradient_k(d), pm.cell_size, gradient) * inv_k2).astype(ctype)
-                       for d in range(3)]
-            buffers = dict(delta_k=np.empty(pm.complex_shape, ctype),
-                           forces=[pm.create_real() for _ in range(3)])
-            pm.cache[key] = (kernels, buffers)
-        self.kernels, self._buf = pm.cache[key]
+        self._k1 = [np.ascontiguousarray(np.asarray(k, dtype=np.float64).ravel()) for k in pm.k]
 
     def force(self, pos):
-        """F = i D / k^2 delta at each local particle, shape (n, 3), Mpc/h."""
-        pm, buf = self.pm, self._buf
-        layout = pm.decompose(pos)
-        rho = pm.paint(pos, layout=layout, out=pm.real_workspace)
-        delta_k = pm.r2c(rho, out=buf["delta_k"])
-        delta_k *= 1.0 / self.nbar
+        """F at local particle positions ``pos`` (n, 3) Mpc/h, shape (n, 3) float64."""
+        return self._force(np.ascontiguousarray(pos, dtype=np.float64), None, np.float64)
+
+    def force_state(self, state):
+        """F at the particles of a :class:`ParticleState`, (n, 3) float32."""
+        nc, start, box = state.lattice
+        if box != self.pm.BoxSize:
+            raise ValueError(f"particle lattice box {box} differs from the mesh's {self.pm.BoxSize}")
+        return self._force(state.disp, (nc, start), state.disp.dtype)
+
+    def _potential_k(self, opos, lattice):
+        """Paint, forward FFT, psi(k) = delta(k) / k^2 in the mesh's complex buffer."""
+        pm = self.pm
+        with pm.timers("paint"):
+            rho = pm.paint_into(pm.real_workspace, opos, lattice=lattice)
+        psi_k = pm.r2c(rho, out=pm.complex_workspace)
+        kx, ky, kz = self._k1          # not under a timer: the split books it as "rest"
+        scale_by_inverse_k2(psi_k, kx, ky, kz, 1.0 / self.nbar)
+        return psi_k
+
+    def _force(self, arr, lattice, dtype):
+        pm = self.pm
+        if pm.comm.size > 1 or self.method == "kspace":
+            if lattice is not None:          # absolute positions, the same float64 sums
+                pos = np.empty(arr.shape, np.float64)
+                cic.lattice_positions(arr, lattice[0], lattice[1], pm.BoxSize / lattice[0], pos)
+                arr, lattice = pos, None
+            layout = pm.decompose(arr)
+            with pm.timers("paint"):
+                opos = layout.exchange(arr)
+            del arr                          # only the routed copy is needed from here
+        else:
+            layout, opos = None, arr
+        psi_k = self._potential_k(opos, lattice)
+        if self.method == "kspace":
+            return self._kspace_force(psi_k, opos, layout).astype(dtype, copy=False)
+        psi = pm.c2r(psi_k, out=pm.real_workspace)
+        with pm.timers("readout"):
+            lo, hi = pm.halo(psi, 2, 3)
+            nc, start = (0, 0) if lattice is None else lattice
+            values = np.empty((len(opos), 3), dtype)
+            cic.readout_fd4_gradient(opos, nc, start, pm.BoxSize / nc if nc else 0.0, psi, lo, hi,
+                                     pm.x0, pm.BoxSize, values)
+            return values if layout is None else layout.gather(values)
+
+    def _kspace_force(self, psi_k, pos, layout):
+        """Three inverse FFTs of i D_d psi(k), CIC readout at the owner-side ``pos``."""
+        pm = self.pm
+        key = ("gravity-kspace",)
+        if key not in pm.cache:
+            pm.cache[key] = dict(psi_k=np.empty(pm.complex_shape, psi_k.dtype),
+                                 forces=[pm.create_real() for _ in range(3)])
+        buf = pm.cache[key]
+        buf["psi_k"][...] = psi_k
         for d in range(3):
-            pm.c2r(delta_k, out=buf["forces"][d], kernel=self.kernels[d])
-        return pm.readout(buf["forces"], pos, layout=layout)
+            kernel = (1j * gradient_wavenumber(pm.gradient_k(d), pm.cell_size, self.gradient)).astype(psi_k.dtype)
+            pm.c2r(buf["psi_k"], out=buf["forces"][d], kernel=kernel)
+        fields = buf["forces"]
+        with pm.timers("readout"):
+            ghosts = [pm.halo(f, 0, 1)[1][0] for f in fields]      # the plane above each slab
+            values = np.empty((len(pos), 3))
+            cic.readout_slab3(pos, *fields, *ghosts, pm.x0, pm.BoxSize, values)
+            return layout.gather(values)
 
 
 def kick(state, force, factor, omega_m):
     """p += 1.5 Omega_m F(a_c) * factor, with factor = growth.kick_factor(a_i, a_c, a_f)."""
-    axpy(state.mom, 1.5 * omega_m * float(factor), force)
+    kick_mom(state.mom, 1.5 * omega_m * float(factor), force)
 
 
-def drift(state, factor, a_f, boxsize):
-    """x += p(a_c) * factor, wrapped into the box; factor = growth.drift_factor(a_i, a_c, a_f)."""
-    drift_wrap(state.pos, state.mom, float(factor), float(boxsize))
+def drift(state, factor, a_f):
+    """x += p(a_c) * factor (displacements, so no wrapping); factor = growth.drift_factor(a_i, a_c, a_f)."""
+    drift_disp(state.disp, state.mom, float(factor))
     state.a = a_f
 
 
@@ -131,18 +217,18 @@ def run_fastpm(state, solver, growth, omega_m, a_end, steps, progress=None):
 
     ``progress(step, a)`` is called after each step when given.
     """
-    boxsize = solver.pm.BoxSize
     a = time_steps(state.a, a_end, steps)
     a0, a1 = a[:-1], a[1:]
     ah = 0.5 * (a0 + a1)
     first_kick = growth.kick_factor(a0, a0, ah)
     drifts = growth.drift_factor(a0, ah, a1)
     second_kick = growth.kick_factor(ah, a1, a1)
-    force = solver.force(state.pos)
+    force = solver.force_state(state)
     kick(state, force, first_kick[0], omega_m)
     for n in range(steps):
-        drift(state, drifts[n], a1[n], boxsize)
-        force = solver.force(state.pos)
+        drift(state, drifts[n], a1[n])
+        del force
+        force = solver.force_state(state)
         # the closing kick of step n and the opening kick of step n + 1 share F(a_n+1)
         closing = second_kick[n] + (first_kick[n + 1] if n + 1 < steps else 0.0)
         kick(state, force, closing, omega_m)

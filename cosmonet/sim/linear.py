@@ -15,7 +15,7 @@ def power_on_mesh(pm, power):
     ``power`` is tabulated on 512 log-spaced k and interpolated in log-log, which is
     exact to 1e-5 for smooth spectra and avoids calling pyccl per mode.
     """
-    k = np.sqrt(pm.k2)
+    k = np.sqrt(pm.k[0] ** 2 + pm.k[1] ** 2 + pm.k[2] ** 2)    # not pm.k2: nothing full-size is cached
     kmin = pm.k_fundamental * 0.5
     kmax = pm.k_nyquist * np.sqrt(3) * 1.01
     ktab = np.geomspace(kmin, kmax, 512)

@@ -15,34 +15,54 @@ p = a^2 dx/dt / H0 = a^2 E(a) [D1 f1 psi_1 + D2 f2 psi_2] (Mpc/h).
 import numpy as np
 
 
-def _inverse_laplacian(pm):
-    k2 = pm.k2
-    with np.errstate(divide="ignore"):
-        return np.where(k2 > 0, 1.0 / k2, 0.0)
+def _minus_phi_k(pm, delta_k):
+    """delta(k) / k^2 (= -phi(k), 0 at k = 0), a new array; k^2 from 1-D factors."""
+    from .fastpm import scale_by_inverse_k2
+    out = np.array(delta_k, dtype=np.result_type(delta_k.dtype, np.complex64), copy=True)
+    kx, ky, kz = (np.ascontiguousarray(np.asarray(k, dtype=np.float64).ravel()) for k in pm.k)
+    scale_by_inverse_k2(out, kx, ky, kz, 1.0)
+    return out
+
+
+def _gradient(pm, potential_k, sign):
+    """sign * i k_d potential(k) brought to the real slab, (3, nx, N, N): three inverse
+    FFTs with a 1-D kernel each (no full-size temporaries)."""
+    out = np.empty((3,) + pm.real_shape, dtype=pm.dtype)
+    for d in range(3):
+        pm.c2r(potential_k, out=out[d], kernel=sign * 1j * pm.gradient_k(d))
+    return out
 
 
 def za_displacement(pm, delta_k):
     """psi_1 on the local real slab, shape (3, nx, N, N), Mpc/h, for D1 = 1."""
-    phi_k = delta_k * _inverse_laplacian(pm)          # = -phi(k)
-    return np.stack([pm.c2r(1j * pm.gradient_k(d) * phi_k) for d in range(3)])
+    return _gradient(pm, _minus_phi_k(pm, delta_k), 1.0)
 
 
 def lpt2_source_k(pm, delta_k):
     """S(k): Fourier transform of sum_{i<j} [phi_,ii phi_,jj - phi_,ij^2]."""
-    minus_phi_k = delta_k * _inverse_laplacian(pm)
+    minus_phi_k = _minus_phi_k(pm, delta_k)
     # phi_,ij(k) = -k_i k_j phi(k) = k_i k_j * minus_phi_k
-    diag = [pm.c2r(pm.k[d] ** 2 * minus_phi_k) for d in range(3)]
-    source = diag[0] * diag[1] + diag[0] * diag[2] + diag[1] * diag[2]
+    diag = np.empty((3,) + pm.real_shape, dtype=pm.dtype)
+    for d in range(3):
+        pm.c2r(minus_phi_k, out=diag[d], kernel=pm.k[d] ** 2)
+    source = diag[0] * diag[1]
+    source += diag[0] * diag[2]
+    source += diag[1] * diag[2]
+    off = diag[0]                      # reused as scratch once the products are formed
+    del diag
     for i, j in ((0, 1), (0, 2), (1, 2)):
-        off = pm.c2r(pm.gradient_k(i) * pm.gradient_k(j) * minus_phi_k)
+        pm.c2r(minus_phi_k, out=off, kernel=pm.gradient_k(i) * pm.gradient_k(j))
         source -= off * off
     return pm.r2c(source)
 
 
 def lpt2_displacement(pm, delta_k):
     """psi_2 on the local real slab, shape (3, nx, N, N), Mpc/h (multiply by D2)."""
-    s_k = lpt2_source_k(pm, delta_k) * _inverse_laplacian(pm)
-    return np.stack([pm.c2r(-1j * pm.gradient_k(d) * s_k) for d in range(3)])
+    s_k = lpt2_source_k(pm, delta_k)
+    kx, ky, kz = (np.ascontiguousarray(np.asarray(k, dtype=np.float64).ravel()) for k in pm.k)
+    from .fastpm import scale_by_inverse_k2
+    scale_by_inverse_k2(s_k, kx, ky, kz, 1.0)
+    return _gradient(pm, s_k, -1.0)
 
 
 def lpt_displacement(psi1, psi2, growth, a):

@@ -14,7 +14,7 @@ from ..mesh import ParticleMesh, get_mesh
 from ..timing import Timers
 from .fastpm import GravitySolver, ParticleState, run_fastpm
 from .linear import linear_density_from_field, linear_density_k
-from .lpt import lpt2_displacement, lpt_displacement, lpt_momentum, za_displacement
+from .lpt import lpt2_displacement, za_displacement
 
 #: km/s per unit of FastPM momentum divided by a: v = a dx/dt = 100 p / a km/s for
 #: p in Mpc/h (H0 = 100 h km/s/Mpc).
@@ -114,35 +114,86 @@ def run_simulation(cfg, comm, linear_field=None, timers=None, progress=None, fie
     timers = Timers() if timers is None else timers
     cosmo = cfg.cosmology
     pm = get_mesh(cfg.nc, cfg.box, comm, dtype=np.float64, timers=timers)
-    pm_force = get_mesh(cfg.force_nmesh, cfg.box, comm, dtype=np.float32, timers=timers)
     with timers("setup"):
         growth = growth_for(cosmo)
+    keep = (lambda name: True) if fields is None else (lambda name: name in fields)
+    out = {}
+    af, a0 = cfg.a_final, cfg.a_start
     with timers("lpt"):
         if linear_field is not None:
             delta_k = linear_density_from_field(pm, linear_field)
         else:
             delta_k = linear_density_k(pm, cfg.seed, lambda k: cosmo.linear_power(k))
-        psi1 = za_displacement(pm, delta_k)
+        psi1 = za_displacement(pm, delta_k)      # (3, nx, nc, nc) float64
         psi2 = lpt2_displacement(pm, delta_k)
-        flat = lambda f: f.reshape(3, -1).T  # noqa: E731  (3, nx, nc, nc) -> (n, 3)
-        q = lagrangian_positions(pm)
-        psi1, psi2 = flat(psi1), flat(psi2)
-        out = {}
-        af = cfg.a_final
-        out["za/disp"] = to_grid(minimum_image(lpt_displacement(psi1, None, growth, af), cfg.box), pm)
-        out["za/vel"] = to_grid(VELOCITY_UNIT_KMS / af * lpt_momentum(psi1, None, growth, cosmo, af), pm)
-        out["lpt2/disp"] = to_grid(minimum_image(lpt_displacement(psi1, psi2, growth, af), cfg.box), pm)
-        out["lpt2/vel"] = to_grid(VELOCITY_UNIT_KMS / af * lpt_momentum(psi1, psi2, growth, cosmo, af), pm)
-        a0 = cfg.a_start
-        state = ParticleState(pos=np.mod(q + lpt_displacement(psi1, psi2, growth, a0), cfg.box),
-                              mom=lpt_momentum(psi1, psi2, growth, cosmo, a0), a=a0)
+        del delta_k
+        vel = VELOCITY_UNIT_KMS / af
+        D1, D2 = growth.D1(af), growth.D2(af)
+        # the formulae of lpt.lpt_displacement / lpt_momentum, one component at a time
+        p1, p2 = growth.D1(af) * growth.f1(af), growth.D2(af) * growth.f2(af)
+        m = vel * (af ** 2 * cosmo.E(af))
+        for name, c1, c2, box in (("za/disp", D1, None, cfg.box), ("za/vel", p1, None, m),
+                                  ("lpt2/disp", D1, D2, cfg.box), ("lpt2/vel", p1, p2, m)):
+            if keep(name):
+                out[name] = _per_component(psi1, psi2, c1, c2, box if name.endswith("disp") else None,
+                                           None if name.endswith("disp") else box)
+        n = psi1[0].size
+        m0 = a0 ** 2 * cosmo.E(a0)
+        state = ParticleState(
+            disp=_per_component(psi1, psi2, growth.D1(a0), growth.D2(a0), None, None, particles=n),
+            mom=_per_component(psi1, psi2, growth.D1(a0) * growth.f1(a0), growth.D2(a0) * growth.f2(a0),
+                               None, m0, particles=n),
+            a=a0, lattice=(cfg.nc, pm.x0 * cfg.nc * cfg.nc, float(cfg.box)))
+        del psi1, psi2                           # the LPT meshes are freed before the N-body steps
+    pm_force = get_mesh(cfg.force_nmesh, cfg.box, comm, dtype=np.float32, timers=timers)
     solver = GravitySolver(pm_force, cfg.nc ** 3)
     run_fastpm(state, solver, growth, cosmo.Omega_m, af, cfg.steps, progress=progress)
-    out["fastpm/disp"] = to_grid(minimum_image(state.pos - q, cfg.box), pm)
-    out["fastpm/vel"] = to_grid(VELOCITY_UNIT_KMS / af * state.mom, pm)
-    if fields is not None:
-        out = {k: v for k, v in out.items() if k in fields}
+    vel = VELOCITY_UNIT_KMS / af
+
+    def scaled(v):
+        v *= vel
+        return v
+
+    for name, attr, fn in (("fastpm/disp", "disp", lambda v: _minimum_image_inplace(v, cfg.box)),
+                           ("fastpm/vel", "mom", scaled)):
+        values = getattr(state, attr)
+        setattr(state, attr, None)   # each state array is freed once its output is built
+        if keep(name):               # one component at a time: float64 temporaries of n values
+            field = np.empty((3,) + pm.real_shape, np.float32)
+            for d in range(3):
+                field[d] = fn(values[:, d].astype(np.float64)).reshape(pm.real_shape)
+            out[name] = field
+        del values
+    del state
     return SimResult(fields=out, pm=pm, config=cfg, timers=timers)
+
+
+def _per_component(psi1, psi2, c1, c2, box=None, factor=None, particles=None):
+    """float32 field ``factor * (c1 psi1 + c2 psi2)`` (``c2 = None``: psi1 only), built one
+    component at a time in float64 with in-place operations, wrapped to the minimum image
+    when ``box`` is given: (3, nx, nc, nc), or (particles, 3) when ``particles`` is given."""
+    out = np.empty((3,) + psi1.shape[1:] if particles is None else (particles, 3), np.float32)
+    for d in range(3):
+        f = c1 * psi1[d]
+        if c2 is not None:
+            f += c2 * psi2[d]
+        if factor is not None:
+            f = factor * f
+        if box is not None:
+            _minimum_image_inplace(f, box)
+        if particles is None:
+            out[d] = f
+        else:
+            out[:, d] = f.ravel()
+    return out
+
+
+def _minimum_image_inplace(f, boxsize):
+    """:func:`minimum_image` of a float64 array in place (same arithmetic)."""
+    f += 0.5 * boxsize
+    np.mod(f, boxsize, out=f)
+    f -= 0.5 * boxsize
+    return f
 
 
 def gather_fields(result, root=0):

@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""Peak memory per particle of one MPI-engine simulation, above the import baseline.
+
+Runs ``run_simulation`` once (all six output fields kept, as ``cosmonet run-sim`` does)
+on the current communicator and reports, per rank (max over ranks): the peak resident
+set size (``ru_maxrss``) after the imports and a tiny warm-up simulation (numba cache
+load, pyccl tables), the peak after the measured simulation, and the difference divided
+by the rank's particles. Also the process CPU time (``time.process_time``) of the
+measured simulation and its timer split. One JSON document on stdout (rank 0).
+
+    python benchmarks/bench_memory.py --nc 128 --steps 2
+    mpirun -np 2 python benchmarks/bench_memory.py --nc 256 --steps 1
+"""
+import argparse
+import json
+import resource
+import sys
+import time
+
+
+def maxrss_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0   # Linux: KiB
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nc", type=int, default=128, help="particles per side (default 128)")
+    p.add_argument("--box", type=float, default=None, help="box side Mpc/h (default 4 * nc)")
+    p.add_argument("--boost", type=float, default=2.0, help="force mesh = boost * nc (default 2)")
+    p.add_argument("--steps", type=int, default=2, help="FastPM steps (default 2; memory does not grow with steps)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--torch-batch", type=int, default=0, metavar="B",
+                   help="instead: the torch engine on the CPU, B boxes of nc 32 (D3M, 10 steps), "
+                        "peak RSS above a 1-box warm-up, per box")
+    args = p.parse_args(argv)
+    if args.torch_batch:
+        return torch_bytes_per_box(args.torch_batch)
+
+    from mpi4py import MPI
+    import numpy as np
+    from cosmonet.sim.simulation import SimConfig, run_simulation
+    from cosmonet.timing import Timers
+    comm = MPI.COMM_WORLD
+    # warm-up: numba cache load, growth tables, FFTW library pages (tiny mesh)
+    run_simulation(SimConfig(nc=8, box=32.0, steps=1, seed=0), comm)
+    base = maxrss_bytes()
+    box = 4.0 * args.nc if args.box is None else args.box
+    cfg = SimConfig(nc=args.nc, box=box, steps=args.steps, boost=args.boost, seed=args.seed)
+    timers = Timers()
+    comm.Barrier()
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = run_simulation(cfg, comm, timers=timers)
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    peak = maxrss_bytes()
+    n_local = int(np.prod(res.fields["fastpm/disp"].shape[1:]))
+    per_particle = (peak - base) / n_local
+    out = {
+        "nc": args.nc, "box": box, "boost": args.boost, "steps": args.steps, "ranks": comm.size,
+        "force_nmesh": cfg.force_nmesh,
+        "import_baseline_mib_max_rank": comm.allreduce(base / 2 ** 20, op=MPI.MAX),
+        "peak_rss_mib_max_rank": comm.allreduce(peak / 2 ** 20, op=MPI.MAX),
+        "bytes_per_particle_above_imports_max_rank": comm.allreduce(per_particle, op=MPI.MAX),
+        "cpu_s_max_rank": comm.allreduce(cpu, op=MPI.MAX),
+        "wall_s": comm.allreduce(wall, op=MPI.MAX),
+        "timers_s_rank0": {k: round(v, 4) for k, v in sorted(timers.totals.items())},
+    }
+    if comm.rank == 0:
+        json.dump(out, sys.stdout, indent=1)
+        print()
+
+
+def torch_bytes_per_box(B):
+    """Peak RSS of a torch-engine batch of B D3M boxes above a 1-box warm-up, per box."""
+    import torch
+    from cosmonet.sim.simulation import SimConfig
+    from cosmonet.torchpm import run_batch
+    torch.set_num_threads(1)
+    cfg = SimConfig(nc=32, box=128.0, steps=10, boost=2)
+    run_batch(cfg, seeds=[0])
+    base = maxrss_bytes()
+    c0 = time.process_time()
+    out = run_batch(cfg, seeds=list(range(1, B + 1)))
+    cpu = time.process_time() - c0
+    peak = maxrss_bytes()
+    outputs = sum(v.nbytes for v in out.values())
+    json.dump({"engine": "torch (CPU)", "boxes": B, "nc": 32, "force_nmesh": 64, "steps": 10,
+               "peak_rss_mib": peak / 2 ** 20, "warmup_baseline_mib": base / 2 ** 20,
+               "bytes_per_box_above_warmup": (peak - base) / B,
+               "output_bytes_per_box": outputs / B,
+               "cpu_s_per_box": cpu / B}, sys.stdout, indent=1)
+    print()
+
+
+if __name__ == "__main__":
+    main()
