@@ -196,9 +196,10 @@ class Cosmology:
 
 
 def _ccl():
-    import pyccl
+    # imported at the first linear power spectrum: training, evaluation and emulation never need it
+    from .extras import require
 
-    return pyccl
+    return require("pyccl", "the linear power spectrum (pyccl)")
 
 
 @functools.lru_cache(maxsize=32)

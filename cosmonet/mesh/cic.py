@@ -8,8 +8,9 @@ plane. ``y`` and ``z`` are periodic within the slab. Paint and readout are exact
 adjoints of each other. Every kernel computes a particle's cell as
 ``floor(x * (N / BoxSize))``, the same arithmetic, so routing and painting agree.
 """
-import numba
 import numpy as np
+
+from ..extras import numba   # without numba: the numpy kernels of cosmonet/numpy_kernels.py
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

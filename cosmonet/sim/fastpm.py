@@ -13,8 +13,9 @@ evaluation (1 forward + 3 inverse FFTs on the force mesh).
 """
 from dataclasses import dataclass
 
-import numba
 import numpy as np
+
+from ..extras import numba   # without numba: the numpy kernels of cosmonet/numpy_kernels.py
 
 
 # --------------------------------------------------------------------------- in-place updates
