@@ -3,8 +3,9 @@
 The core install (``pip install .``) trains, evaluates, emulates, probes and runs the torch
 engine. The extras add:
 
-* ``[mpi]``: mpi4py, mpi4py-fft (FFTW) and numba, for the MPI engine (``run-sim --engine
-  mpi``, several ranks), campaigns (``simulate``) and launching under ``mpirun``/``srun``;
+* ``[mpi]``: mpi4py, mpi4py-fft (FFTW) and numba, for the MPI engine on several ranks,
+  campaigns (``simulate``), launching under ``mpirun``/``srun``, and FFTW and compiled
+  kernels instead of numpy's;
 * ``[horovod]``: Horovod (built locally, ``make horovod``);
 * ``[test]``: pytest and hypothesis.
 
@@ -28,8 +29,9 @@ EXTRA_OF = {"mpi4py": "mpi", "mpi4py_fft": "mpi", "numba": "mpi", "horovod": "ho
             "pytest": "test", "hypothesis": "test"}
 #: core packages that are imported only when needed
 CORE = ("pyccl", "h5py", "scipy", "matplotlib", "yaml", "torch")
-#: the launchers' variables that hold the number of processes
-_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS", "WORLD_SIZE")
+#: the MPI launchers' variables that hold the number of processes (mpirun, mpiexec, srun's
+#: step); torchrun's processes are each their own MPI world, as with mpi4py
+_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS")
 
 
 class MissingExtra(InputError):
@@ -73,7 +75,7 @@ def available(module):
 
 
 def launcher_size():
-    """The number of processes that the launcher (mpirun, srun, torchrun) started; 1 alone."""
+    """The number of processes that an MPI launcher (mpirun, srun) started; 1 alone."""
     for key in _SIZE_VARS:
         value = os.environ.get(key, "")
         if value.isdigit():
