@@ -311,6 +311,7 @@ def _user_python():
     return exe if os.access(exe, os.X_OK) else None
 
 
+@pytest.mark.slow     # a real install (~1.5 min); make test (and so CI) runs it, make test-fast does not
 def test_offline_setup_from_a_wheelhouse_as_a_non_root_user(tiny_pairs, user_tmp):
     from pathlib import Path
     tmp_path = Path(user_tmp)
