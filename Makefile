@@ -7,10 +7,19 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export OMPI_MCA_rmaps_base_oversubscribe := 1
 DEMO_OUT ?= out/demo
 
-.PHONY: setup demo test test-fast bench clean horovod
+# make setup EXTRAS=            the core alone (no MPI/FFTW needed: a GPU node without MPI)
+# make setup WHEELHOUSE=dir      offline, from a wheelhouse that `make wheelhouse` wrote
+WHEELHOUSE_OUT ?= wheelhouse
+
+.PHONY: setup demo test test-fast bench clean horovod wheelhouse
 
 setup:
 	@bash scripts/setup_env.sh
+
+# every wheel of the set-up (torch, the [mpi] and [test] extras, mpi4py-fft and Horovod as
+# built here) for this Python, into $(WHEELHOUSE_OUT)/: see docs/install.md
+wheelhouse: setup horovod
+	@WHEELHOUSE= bash scripts/setup_env.sh --wheelhouse $(WHEELHOUSE_OUT)
 
 demo: setup
 	@mkdir -p $(DEMO_OUT)
@@ -29,7 +38,7 @@ demo: setup
 	@echo "demo: and on the 32^3 simulation ($(DEMO_OUT)/emu.h5)"
 
 # Horovod 0.28.1 built against this torch and OpenMPI (docs/horovod.md); ~10 minutes the
-# first time, then installed from the wheel cache in seconds.
+# first time, then installed from the wheel cache (or WHEELHOUSE) in seconds.
 horovod: setup
 	@bash scripts/build_horovod.sh $(VENV)
 

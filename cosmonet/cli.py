@@ -20,7 +20,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _comm():
-    from mpi4py import MPI
+    """MPI.COMM_WORLD; without mpi4py (no [mpi] extra) a one-process stand-in, or under
+    mpirun/srun a one-line error naming the extra (cosmonet/extras.py)."""
+    from .extras import MPI
     return MPI.COMM_WORLD
 
 
@@ -791,9 +793,18 @@ def build_parser():
 
 
 def main(argv=None):
+    args = None
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
+    except ModuleNotFoundError as exc:
+        # a package of an extra that this install lacks (mpi4py for simulate, ...): one line
+        from .extras import explain
+        known = explain(exc, f"cosmonet {getattr(args, 'command', '')}".strip())
+        if known is None:
+            raise
+        _report(str(known))
+        return 2
     except InputError as exc:
         _report(str(exc).splitlines()[0] if str(exc) else "invalid input")
         return 2
@@ -819,8 +830,8 @@ def _report(msg, prefix="cosmonet: error: "):
     msg = short_line(msg.strip().splitlines()[0]) if msg.strip() else "failed"
     try:
         rank = _comm().rank
-    except Exception:  # MPI unavailable: report anyway
-        rank = 0
+    except Exception:  # MPI unavailable: report anyway, once (the launcher's rank 0)
+        rank = _launcher_rank()
     if rank == 0:
         print(f"{prefix}{msg}", file=sys.stderr, flush=True)
 

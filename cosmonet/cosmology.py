@@ -199,10 +199,12 @@ _TEARDOWN = []
 
 
 def _ccl():
-    """pyccl, imported on first use; the first import also registers :func:`_free_ccl_objects`
-    to run at interpreter exit."""
-    import pyccl
+    """pyccl, imported on first use (training, evaluation and emulation never need it); a
+    missing pyccl is one error line naming it. The first import also registers
+    :func:`_free_ccl_objects` to run at interpreter exit."""
+    from .extras import require
 
+    pyccl = require("pyccl", "the linear power spectrum (pyccl)")
     if not _TEARDOWN:
         import atexit
         atexit.register(_free_ccl_objects)   # registered after pyccl's import: runs before pyccl is torn down

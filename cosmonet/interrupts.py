@@ -82,7 +82,7 @@ def handling(mode="flag"):
 def group_stop(comm):
     """Collective over the MPI communicator ``comm``: the signal number if any of its ranks
     received one (the largest), else 0. Every rank of ``comm`` must call it at the same point."""
-    from mpi4py import MPI
+    from .extras import MPI
     return int(comm.allreduce(int(_received or 0), op=MPI.MAX))
 
 

@@ -128,7 +128,7 @@ def check_node_memory(comm, per_rank, extra_rank0, what):
     """Collective: the sum of ``per_rank`` (+ ``extra_rank0`` on world rank 0) over the ranks
     of each node against that node's available memory; InputError on every rank if any
     node is short (the message names the first such node's numbers)."""
-    from mpi4py import MPI
+    from .extras import MPI
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
         need = node.allreduce(int(per_rank) + (int(extra_rank0) if comm.rank == 0 else 0))

@@ -22,6 +22,8 @@
 #   HOROVOD_BUILD_JOBS     parallel compile jobs (default 2)
 #   HOROVOD_NO_BUILD=1     same as --no-build
 #   HOROVOD_GPU_OPERATIONS kept if set (NCCL on a GPU cluster); unset for the CPU build
+#   WHEELHOUSE             offline: install the horovod wheel (and its dependencies) from
+#                          this directory only, as `make wheelhouse` wrote it; never build
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -32,7 +34,7 @@ VENV=""
 for arg in "$@"; do
   case "$arg" in
     --no-build) NO_BUILD=1 ;;
-    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "build_horovod: unknown option $arg" >&2; exit 2 ;;
     *) VENV=$arg ;;
   esac
@@ -42,6 +44,12 @@ VENV=${VENV:-$REPO/.venv}
 PY="$VENV/bin/python"
 CACHE_ROOT=${COSMONET_WHEEL_CACHE:-$HOME/.cache/cosmonet/wheels}
 JOBS=${HOROVOD_BUILD_JOBS:-2}
+WHEELHOUSE=${WHEELHOUSE:-}
+PIP_OPTS=(-q --no-input)
+if [ -n "$WHEELHOUSE" ]; then
+  WHEELHOUSE=$(cd "$WHEELHOUSE" && pwd)
+  PIP_OPTS+=(--no-index --find-links "$WHEELHOUSE")
+fi
 T0=$SECONDS
 
 say() { echo "build_horovod: $*"; }
@@ -78,11 +86,24 @@ install_wheel() {  # install_wheel WHEEL -> 0 when horovod.torch imports afterwa
     "$VENV/bin/pip" uninstall -q -y horovod >/dev/null 2>&1 || true
   fi
   say "pip install $1"
-  "$VENV/bin/pip" install -q --no-input "$1"
+  "$VENV/bin/pip" install "${PIP_OPTS[@]}" "$1"
   hvd_imports
 }
 
 WHEEL=$(find_wheel)
+if [ -n "$WHEELHOUSE" ]; then
+  WHEEL=$(compgen -G "$WHEELHOUSE/horovod-$HVD_VERSION-$PY_TAG-*.whl" | head -n 1 || true)
+  if [ -z "$WHEEL" ]; then
+    say "no horovod-$HVD_VERSION wheel for $PY_TAG in $WHEELHOUSE (make wheelhouse after make horovod writes one)" >&2
+    exit 1
+  fi
+  if install_wheel "$WHEEL"; then
+    say "done: horovod $HVD_VERSION installed from $WHEELHOUSE in $(elapsed)"
+    exit 0
+  fi
+  say "horovod from $WHEELHOUSE does not import (built for another torch than $TORCH_VERSION?)" >&2
+  exit 1
+fi
 if [ -n "$WHEEL" ]; then
   say "cached wheel found for Python $PY_TAG / torch $TORCH_VERSION"
   if install_wheel "$WHEEL"; then

@@ -21,9 +21,9 @@ import os
 
 import numpy as np
 import torch
-from mpi4py import MPI
 
 from ..errors import InputError
+from ..extras import MPI   # COMM_SELF: mpi4py's, or a one-process stand-in without it
 from ..io.simfile import lagrangian_grid
 from ..mesh import ParticleMesh
 from .power import binned_power, density_k, vector_power

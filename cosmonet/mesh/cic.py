@@ -10,8 +10,9 @@ are wrapped with a true modulo (NaN and inf give cell 0 and a NaN weight), and a
 outside the rank's slab raises ValueError. Every kernel computes a particle's cell as
 ``floor(x * (N / BoxSize))``, the same arithmetic, so routing and painting agree.
 """
-import numba
 import numpy as np
+
+from ..extras import numba   # without numba: the numpy kernels of cosmonet/numpy_kernels.py
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

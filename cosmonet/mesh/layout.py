@@ -4,9 +4,9 @@ A :class:`Layout` is built once per particle distribution (like pmesh's ``decomp
 ``exchange`` sends per-particle data to the owning ranks, ``gather`` brings per-particle
 results home in the original order. With one rank both are no-ops.
 """
-import numba
 import numpy as np
-from mpi4py import MPI
+
+from ..extras import MPI, numba   # optional: see cosmonet/extras.py
 
 
 @numba.njit(cache=True, nogil=True)

@@ -7,9 +7,9 @@ the y axis. The forward transform is normalised by ``1 / N^3`` so that a density
 contrast ``delta(x)`` has ``<|delta_k|^2> = P(k) / V``, as in nbodykit.
 """
 import numpy as np
-from mpi4py import MPI
 
 from ..errors import InputError
+from ..extras import MPI   # mpi4py, or one process without it
 from ..timing import Timers
 from . import cic
 from .fft import slab_fft

@@ -171,7 +171,7 @@ def _headline(kind, report):
 
 
 def cmd_probe(args):
-    from mpi4py import MPI
+    from ..extras import MPI
 
     if MPI.COMM_WORLD.rank != 0:
         return 0

@@ -26,10 +26,10 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
-from mpi4py import MPI
 
 from ..analysis.power import binned_power, density_k, displacement_error, k_edges, vector_power
 from ..errors import InputError
+from ..extras import MPI   # COMM_SELF: mpi4py's, or a one-process stand-in without it
 from ..cosmology import growth_for
 from ..io.simfile import lagrangian_grid
 from ..mesh import ParticleMesh

@@ -15,8 +15,9 @@ real space, see :class:`GravitySolver`).
 """
 from dataclasses import dataclass
 
-import numba
 import numpy as np
+
+from ..extras import numba   # without numba: the numpy kernels of cosmonet/numpy_kernels.py
 
 
 from ..mesh import cic

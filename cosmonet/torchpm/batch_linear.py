@@ -7,9 +7,9 @@ one-rank :class:`~cosmonet.mesh.ParticleMesh` of the particle grid. Normalisatio
 """
 import numpy as np
 import torch
-from mpi4py import MPI
 
 from ..errors import InputError
+from ..extras import MPI   # COMM_SELF: mpi4py's, or a one-process stand-in without it
 from ..mesh import get_mesh
 from ..sim.linear import power_on_mesh
 

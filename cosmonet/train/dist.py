@@ -113,7 +113,7 @@ class DDPBackend(Backend):
         self.dist = dist
         if world.size > 1 and not dist.is_initialized():
             if world.launcher in ("mpirun", "srun"):
-                from mpi4py import MPI
+                from ..extras import MPI   # mpi4py; without it a one-line error naming the [mpi] extra
                 addr = (socket.gethostname(), _free_port()) if world.rank == 0 else None
                 addr = MPI.COMM_WORLD.bcast(addr, root=0)
                 os.environ.setdefault("MASTER_ADDR", addr[0] if world.size > 1 else "127.0.0.1")

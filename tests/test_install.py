@@ -1,0 +1,371 @@
+"""Installs without root and offline; the core install without the extras (issue 17).
+
+* The numpy kernels and numpy FFT that stand in for numba and FFTW (no ``[mpi]`` extra)
+  against the compiled ones.
+* The commands in a Python where mpi4py, mpi4py-fft, numba and Horovod cannot be imported
+  (tests/no_extras/sitecustomize.py makes their import fail as a missing package does):
+  run-sim (both engines, one process), train, evaluate, emulate, probe and power work and
+  load none of them; the torch engine's linear field is the MPI engine's; simulate, and any
+  command under mpirun, say in one line which extra they need.
+* ``scripts/setup_env.sh --check`` as a non-root user: the system's MPI and FFTW are found
+  without apt-get (FFTW also from FFTW_ROOT); a missing one is one line saying what to load.
+* The real thing: ``setup_env.sh --wheelhouse`` (make wheelhouse) writes the wheels, then a
+  non-root user, in a network namespace without network, runs ``make setup WHEELHOUSE=..
+  EXTRAS=`` (the core alone) into a fresh venv, runs run-sim -> train -> evaluate -> emulate
+  there (a venv that truly lacks mpi4py, numba and mpi4py-fft), installs the [mpi,test]
+  extras from the wheelhouse on the system's MPI and FFTW, and runs the MPI engine on 2 ranks.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+
+from cli_util import describe
+from mpi_util import mpi_env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BLOCKER = os.path.join(ROOT, "tests", "no_extras")
+EXTRA_MODULES = ("mpi4py", "mpi4py_fft", "numba", "llvmlite", "horovod")
+USER = "cosmonet-test"
+
+
+def blocked_env(**extra):
+    """The environment of a Python without the extras' packages (and with this checkout)."""
+    env = mpi_env()
+    env.update(PYTHONPATH=os.pathsep.join([BLOCKER, ROOT]), OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+# --------------------------------------------------------------------------- kernels
+def test_numpy_kernels_equal_the_numba_kernels():
+    from cosmonet import numpy_kernels as nk
+    from cosmonet.mesh import cic, layout
+    from cosmonet.sim import fastpm
+    rng = np.random.default_rng(1)
+    n, box, x0, nx = 12, 50.0, 3, 5
+    pos = rng.uniform(0, box, (4000, 3))
+    pos[:10, 1:] = [[0.0, box * (1 - 1e-16)]] * 10            # edge cells of y and z
+    planes = np.empty(len(pos), np.int64)
+    cic.owner_plane(pos[:, 0].copy(), box, n, planes)
+    got = np.empty_like(planes)
+    nk.owner_plane(pos[:, 0].copy(), box, n, got)
+    np.testing.assert_array_equal(got, planes)
+    mine = pos[(planes >= x0) & (planes < x0 + nx)]            # this rank's particles
+    mass = rng.uniform(0.5, 2.0, len(mine))
+    a, b = np.zeros((nx + 1, n, n)), np.zeros((nx + 1, n, n))
+    cic.paint_slab(mine, mass, a, x0, box)
+    nk.paint_slab(mine, mass, b, x0, box)
+    assert a.sum() > 0 and np.abs(a - b).max() <= 1e-12 * np.abs(a).max()
+    fields = [rng.standard_normal((nx, n, n)) for _ in range(3)]
+    ghosts = [rng.standard_normal((n, n)) for _ in range(3)]
+    r1, r2 = np.empty(len(mine)), np.empty(len(mine))
+    cic.readout_slab(mine, fields[0], ghosts[0], x0, box, r1)
+    nk.readout_slab(mine, fields[0], ghosts[0], x0, box, r2)
+    np.testing.assert_allclose(r2, r1, rtol=0, atol=1e-13)
+    v1, v2 = np.empty((len(mine), 3)), np.empty((len(mine), 3))
+    cic.readout_slab3(mine, *fields, *ghosts, x0, box, v1)
+    nk.readout_slab3(mine, *fields, *ghosts, x0, box, v2)
+    np.testing.assert_allclose(v2, v1, rtol=0, atol=1e-13)
+    dest = rng.integers(0, 4, 1000)
+    np.testing.assert_array_equal(nk.counting_order(dest, 4), layout._counting_order(dest, 4))
+    mom = rng.standard_normal(pos.shape) * 30
+    p1, p2 = pos.copy(), pos.copy()
+    fastpm.drift_wrap(p1, mom, 0.7, box)
+    nk.drift_wrap(p2, mom, 0.7, box)
+    np.testing.assert_array_equal(p2, p1)
+    assert p1.min() >= 0 and p1.max() < box
+    y1, y2 = mom.copy(), mom.copy()
+    fastpm.axpy(y1, 0.3, pos)
+    nk.axpy(y2, 0.3, pos)
+    np.testing.assert_array_equal(y2, y1)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-13), (np.float32, 1e-5)])
+def test_numpy_fft_equals_fftw(dtype, tol):
+    from cosmonet.extras import SERIAL
+    from cosmonet.mesh.fft import SlabFFT
+    n = 10
+    fftw, plain = SlabFFT(SERIAL, n, dtype), SlabFFT(SERIAL, n, dtype)
+    plain._numpy_transforms(n)
+    field = np.random.default_rng(2).standard_normal((n, n, n)).astype(dtype)
+    for f in (fftw, plain):
+        f.fwd_in[...] = field
+        f.forward()
+        f.bwd_in[...] = f.fwd_out
+        f.backward()
+    assert plain.fwd_out.dtype == fftw.fwd_out.dtype
+    scale = np.abs(fftw.fwd_out).max()
+    assert np.abs(plain.fwd_out - fftw.fwd_out).max() <= tol * scale
+    np.testing.assert_allclose(plain.bwd_out, field, rtol=0, atol=tol * 10)
+    np.testing.assert_allclose(fftw.bwd_out, field, rtol=0, atol=tol * 10)
+
+
+# --------------------------------------------------------------------------- no extras
+DRIVER = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from cosmonet.cli import main
+    work, pairs = sys.argv[1], sys.argv[2]
+    ck = f"{work}/run/checkpoints/latest"
+    sim = ["--nc", "8", "--box", "32", "--steps", "2", "--quiet"]
+    cmds = {
+        "run-sim torch": ["run-sim", "--engine", "torch", *sim, "--out", f"{work}/torch.h5"],
+        "run-sim mpi": ["run-sim", *sim, "--out", f"{work}/mpi.h5"],
+        "power": ["power", f"{work}/mpi.h5", "--json", f"{work}/power.json"],
+        "train": ["train", f"{work}/train.yaml"],
+        "evaluate": ["evaluate", f"{work}/train.yaml", "--checkpoint", ck, "--json", f"{work}/eval.json"],
+        "emulate": ["emulate", "--checkpoint", ck, "--input", f"{work}/torch.h5", "--out", f"{work}/emu.h5"],
+        "probe": ["probe", "amplitude", "--checkpoint", ck, "--out", f"{work}/probe", "--quiet",
+                  "--amplitudes", "0.5,1"],
+    }
+    rc = {name: main(args) for name, args in cmds.items()}
+    from cosmonet.cosmology import Cosmology
+    from cosmonet.torchpm.batch_linear import linear_density_k
+    from cosmonet.torchpm.batch_mesh import BatchMesh
+    from cosmonet.torchpm.noise import white_noise_batch
+    import torch
+    mesh = BatchMesh(16, 100.0, "cpu", torch.float64)
+    dk = linear_density_k(mesh, white_noise_batch(16, [7]), [Cosmology.planck15()])
+    np.save(f"{work}/linear_k.npy", dk[0].numpy())
+    from cosmonet.mesh import cic
+    loaded = sorted({m.partition(".")[0] for m in sys.modules} & set(sys.argv[3].split(",")))
+    print(json.dumps({"rc": rc, "loaded": loaded, "paint": cic.paint_slab.__module__}))
+""")
+
+
+def _train_config(path, pairs, out):
+    import yaml
+    path.write_text(yaml.safe_dump({
+        "model": {"name": "unet", "base_channels": 4, "depth": 1, "norm": "group", "residual": True},
+        "data": {"root": str(pairs), "scale": 4.0, "augment": True, "num_workers": 0, "val_split": ""},
+        "train": {"batch_size": 4, "base_batch": 4, "lr": 1e-3, "epochs": 1, "checkpoint_every": 2,
+                  "log_every": 1, "seed": 5, "precision": "fp32"},
+        "out": str(out)}))
+    return path
+
+
+def test_commands_run_without_the_extras(tiny_pairs, tmp_path):
+    """train, evaluate, emulate, probe, power and run-sim (one process) with none of the
+    extras' packages importable; the outputs are those of the full install."""
+    _train_config(tmp_path / "train.yaml", tiny_pairs, tmp_path / "run")
+    proc = subprocess.run([sys.executable, "-c", DRIVER, str(tmp_path), str(tiny_pairs), ",".join(EXTRA_MODULES)],
+                          env=blocked_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, describe(proc)
+    assert "Traceback" not in proc.stderr, describe(proc)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["rc"] == {k: 0 for k in report["rc"]}, describe(proc)
+    assert report["loaded"] == [], report                     # none of the extras was imported
+    assert report["paint"] == "cosmonet.numpy_kernels"        # CIC without numba: the numpy kernels
+    for name in ("torch.h5", "mpi.h5", "power.json", "eval.json", "emu.h5", "probe/amplitude.json"):
+        assert (tmp_path / name).is_file(), name
+
+    # the same commands with the extras: the torch engine's output is the same field, the MPI
+    # engine's (numpy FFT and kernels instead of FFTW and numba) equal to rounding
+    from cosmonet.cli import main
+    sim = ["--nc", "8", "--box", "32", "--steps", "2", "--quiet"]
+    assert main(["run-sim", "--engine", "torch", *sim, "--out", str(tmp_path / "torch_full.h5")]) == 0
+    assert main(["run-sim", *sim, "--out", str(tmp_path / "mpi_full.h5")]) == 0
+    for a, b, tol in (("torch.h5", "torch_full.h5", 0.0), ("mpi.h5", "mpi_full.h5", 1e-5)):
+        with h5py.File(tmp_path / a, "r") as fa, h5py.File(tmp_path / b, "r") as fb:
+            for field in ("za/disp", "lpt2/disp", "fastpm/disp"):
+                x, y = fa[field][...], fb[field][...]
+                assert np.abs(x - y).max() <= tol * np.abs(y).max(), (a, field, np.abs(x - y).max())
+
+    # the torch engine's linear field without MPI is the MPI engine's (mpi4py-fft's FFTW) to 1e-6
+    from mpi4py import MPI
+
+    from cosmonet.cosmology import Cosmology
+    from cosmonet.mesh import ParticleMesh
+    from cosmonet.sim.linear import linear_density_k
+    pm = ParticleMesh(16, 100.0, MPI.COMM_SELF, dtype=np.float64)
+    ref = linear_density_k(pm, 7, Cosmology.planck15().linear_power)
+    got = np.load(tmp_path / "linear_k.npy")
+    assert got.shape == ref.shape and np.abs(ref).max() > 0
+    assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max()
+
+
+def test_what_needs_an_extra_says_so_in_one_line(tmp_path):
+    """simulate needs mpi4py; so does every command under mpirun: one line naming [mpi]."""
+    code = "import sys; from cosmonet.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "simulate", os.path.join(ROOT, "configs", "demo.yaml"),
+                           "--out", str(tmp_path / "camp")], env=blocked_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and proc.stdout == "", describe(proc)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cosmonet: error: "), describe(proc)
+    assert "simulate" in lines[0] and "mpi4py" in lines[0] and "[mpi]" in lines[0], describe(proc)
+    assert not (tmp_path / "camp").exists()
+    proc = subprocess.run([shutil.which("mpirun"), "-np", "2", "--oversubscribe", sys.executable, "-c", code,
+                           "run-sim", "--nc", "8", "--out", str(tmp_path / "s.h5")],
+                          env=blocked_env(), capture_output=True, text=True, timeout=120)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("cosmonet: error: ")]
+    assert proc.returncode != 0 and len(errors) == 1, describe(proc)
+    assert "2 processes" in errors[0] and "[mpi]" in errors[0] and "Traceback" not in proc.stderr, describe(proc)
+    assert not (tmp_path / "s.h5").exists()
+
+
+# --------------------------------------------------------------------------- non-root set-up
+def _user():
+    """A non-root user for the set-up tests (created once, without a home directory)."""
+    if os.geteuid() != 0:
+        return None                                       # already not root: run as ourselves
+    if subprocess.run(["id", "-u", USER], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/bin/bash", USER], check=True)
+    return USER
+
+
+def _as_user(cmd, env, offline=False, **kw):
+    """Run ``cmd`` as the non-root user with exactly ``env``; ``offline``: in a network
+    namespace of its own (loopback only) where the machine allows one."""
+    user = _user()
+    cmd = ["env", "-i"] + [f"{k}={v}" for k, v in env.items()] + list(cmd)
+    if user is not None:
+        cmd = ["runuser", "-u", user, "--"] + cmd
+    if offline and subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0:
+        cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up 2>/dev/null; exec "$@"', "sh"] + cmd
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+@pytest.fixture
+def user_tmp():
+    """A directory that the non-root user can reach (pytest's tmp_path lies under a 0700
+    directory of root's), removed afterwards."""
+    import tempfile
+    path = tempfile.mkdtemp(prefix="cosmonet-install-", dir="/tmp")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _user_dir(path):
+    os.makedirs(path, exist_ok=True)
+    os.chmod(path, 0o755)
+    if _user() is not None:
+        shutil.chown(path, _user())
+    return path
+
+
+def _base_env(home, **extra):
+    return dict(PATH="/usr/local/bin:/usr/bin:/bin", HOME=home, LANG="C.UTF-8", **extra)
+
+
+def _check(home, **env):
+    return _as_user(["bash", os.path.join(_readable_checkout(home), "scripts", "setup_env.sh"), "--check"],
+                    _base_env(home, **env), timeout=60)
+
+
+def _readable_checkout(home):
+    """A copy of the checkout's set-up files that the non-root user can read and write."""
+    src = os.path.join(home, "src")
+    if not os.path.isdir(src):
+        _user_dir(src)
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+        for name in ("cosmonet", "scripts", "configs"):
+            shutil.copytree(os.path.join(ROOT, name), os.path.join(src, name), ignore=ignore)
+        for name in ("setup.py", "Makefile"):
+            shutil.copy(os.path.join(ROOT, name), src)
+        if _user() is not None:
+            subprocess.run(["chown", "-R", _user(), src], check=True)
+    return src
+
+
+def test_setup_finds_the_systems_mpi_and_fftw_without_root(user_tmp):
+    from pathlib import Path
+    tmp_path = Path(user_tmp)
+    home = _user_dir(str(tmp_path / "home"))
+    proc = _check(home)
+    assert proc.returncode == 0, describe(proc)
+    assert "setup_env: MPI: " in proc.stdout and "mpicc" in proc.stdout, describe(proc)
+    assert "setup_env: FFTW: headers " in proc.stdout and "apt-get" not in proc.stdout + proc.stderr
+    # FFTW from a module's FFTW_ROOT, before the usual places
+    fake = tmp_path / "fftw"
+    (fake / "include").mkdir(parents=True)
+    (fake / "lib").mkdir()
+    (fake / "include" / "fftw3.h").write_text("/* stands for FFTW's header */\n")
+    (fake / "lib" / "libfftw3.so.3").write_text("")
+    subprocess.run(["chmod", "-R", "a+rX", str(fake)], check=True)
+    proc = _check(home, FFTW_ROOT=str(fake), FFTW_PREFIXES="", PKG_CONFIG="false")
+    assert proc.returncode == 0, describe(proc)
+    assert f"FFTW: headers {fake}/include, library {fake}/lib" in proc.stdout, describe(proc)
+    # nothing found and not root: one line that says what to load, and no apt-get
+    for env, needle in ((dict(MPICC="mpicc-not-here"), "mpicc on PATH"),
+                        (dict(FFTW_PREFIXES="", PKG_CONFIG="false"), "FFTW")):
+        proc = _check(home, **env)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1, describe(proc)
+        assert needle in lines[0] and "module load" in lines[0] and "EXTRAS=" in lines[0], describe(proc)
+    # the core alone needs neither
+    proc = _check(home, MPICC="mpicc-not-here", FFTW_PREFIXES="", PKG_CONFIG="false", EXTRAS="")
+    assert proc.returncode == 0 and "MPI and FFTW not needed" in proc.stdout, describe(proc)
+
+
+def _user_python():
+    """A Python of this version that a non-root user may run (the test's may live in /root)."""
+    exe = f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}"
+    return exe if os.access(exe, os.X_OK) else None
+
+
+@pytest.mark.slow     # a real install (~1.5 min); make test (and so CI) runs it, make test-fast does not
+def test_offline_setup_from_a_wheelhouse_as_a_non_root_user(tiny_pairs, user_tmp):
+    from pathlib import Path
+    tmp_path = Path(user_tmp)
+    python = _user_python()
+    if python is None:
+        pytest.skip(f"no /usr/bin/python{sys.version_info[0]}.{sys.version_info[1]} for a non-root user")
+    # 1. on the "login node" (network allowed): the wheelhouse
+    wheels = _user_dir(str(tmp_path / "wheelhouse"))
+    env = dict(os.environ, VENV=sys.prefix)
+    env.pop("WHEELHOUSE", None)
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "setup_env.sh"), "--wheelhouse", wheels],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, describe(proc)
+    names = os.listdir(wheels)
+    for dist in ("torch-", "numpy-", "pyccl-", "mpi4py-", "mpi4py_fft-", "numba-", "pytest-", "setuptools-"):
+        assert any(n.startswith(dist) and n.endswith(".whl") for n in names), (dist, names)
+    subprocess.run(["chmod", "-R", "a+rX", wheels], check=True)
+
+    # 2. on the "compute node", no network, not root: the core install alone
+    home = _user_dir(str(tmp_path / "home"))
+    src, venv = _readable_checkout(home), os.path.join(home, "venv")
+    env = _base_env(home, PIP_CONFIG_FILE="/dev/null", PIP_NO_CACHE_DIR="1", OMP_NUM_THREADS="1")
+    make = ["make", "-s", "-C", src, "setup", f"VENV={venv}", f"WHEELHOUSE={wheels}", f"PYTHON={python}"]
+    proc = _as_user(make + ["EXTRAS="], env, offline=True, timeout=900)
+    assert proc.returncode == 0, describe(proc)
+    assert f"installing from {wheels} only" in proc.stdout and "apt-get" not in proc.stdout, describe(proc)
+    py = os.path.join(venv, "bin", "python")
+    probe = "import importlib.util as u; print([m for m in %r if u.find_spec(m)])" % (EXTRA_MODULES,)
+    assert _as_user([py, "-c", probe], env).stdout.strip() == "[]"     # the venv truly lacks them
+
+    # run-sim -> train -> evaluate -> emulate in that venv
+    data = os.path.join(home, "pairs")
+    shutil.copytree(tiny_pairs, data)
+    _train_config(tmp_path / "home" / "train.yaml", data, os.path.join(home, "run"))
+    if _user() is not None:
+        subprocess.run(["chown", "-R", _user(), data, os.path.join(home, "train.yaml")], check=True)
+    ck = os.path.join(home, "run", "checkpoints", "latest")
+    chain = (f"cd {home} && cosmonet run-sim --engine torch --nc 8 --box 32 --steps 2 --quiet --out sim.h5"
+             f" && cosmonet train train.yaml && cosmonet evaluate train.yaml --checkpoint {ck} --json eval.json"
+             f" && cosmonet emulate --checkpoint {ck} --input sim.h5 --out emu.h5")
+    cenv = dict(env, PATH=f"{venv}/bin:{env['PATH']}")
+    proc = _as_user(["bash", "-c", chain], cenv, offline=True, timeout=600)
+    assert proc.returncode == 0, describe(proc)
+    report = json.loads((tmp_path / "home" / "eval.json").read_text())
+    assert np.isfinite(report["displacement_error"]["model"]), report["displacement_error"]
+    with h5py.File(tmp_path / "home" / "emu.h5", "r") as f:
+        assert f["emulated/disp"].shape == (3, 8, 8, 8)
+
+    # 3. the [mpi,test] extras from the wheelhouse, on the system's MPI and FFTW, then 2 ranks
+    proc = _as_user(make + ["EXTRAS=mpi,test"], env, offline=True, timeout=900)
+    assert proc.returncode == 0, describe(proc)
+    assert "setup_env: MPI: " in proc.stdout and "setup_env: FFTW: " in proc.stdout, describe(proc)
+    assert "apt-get" not in proc.stdout + proc.stderr, describe(proc)
+    mpi = f"cd {home} && mpirun -np 2 --oversubscribe cosmonet run-sim --nc 8 --box 32 --steps 2 --quiet --out mpi.h5"
+    proc = _as_user(["bash", "-c", mpi], cenv, offline=True, timeout=300)
+    assert proc.returncode == 0, describe(proc)
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["ranks"] == 2
