@@ -557,9 +557,23 @@ def _lock_run(out, backend):
     return lock
 
 
+def _check_data(cfg, task, backend):
+    """Refuse (InputError on every rank) a split that the run reads and that holds a NaN or
+    an infinity, before the first step (:mod:`cosmonet.train.datacheck`)."""
+    from .datacheck import check_splits_finite
+    d = cfg["data"]
+    splits = [] if d["source"] == "generate" else [(d["train_split"], task.train_set)]
+    if task.val_set is not None:
+        splits.append((d["val_split"], task.val_set))
+    seconds = check_splits_finite(splits, backend)
+    if seconds > 5:
+        _say(backend, f"train: the data hold no NaN or infinity (checked in {seconds:.0f} s)")
+
+
 def _train(cfg, resume, backend, log_stream, clock):
     t_cfg, out = cfg["train"], cfg["out"]
     task = build_task(cfg, backend.device)
+    _check_data(cfg, task, backend)
     sampler = _sampler(cfg, len(task.train_set), backend)
     total_steps = sampler.batches_per_epoch * t_cfg["epochs"]
     optimizer, scheduler, lr, budget = build_optimizer(t_cfg, task.model, sampler.global_batch, total_steps)
