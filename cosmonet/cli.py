@@ -602,8 +602,8 @@ def _emulate_input_shape(path):
     from .io import schema
     from .io.simfile import open_sim_file
     with open_sim_file(path) as f:
-        if schema.is_shard(f) or ("za/disp" in f and len(getattr(f["za/disp"], "shape", ())) == 5):
-            n = f["za/disp"].shape[0] if isinstance(f.get("za/disp"), schema.h5py.Dataset) else "several"
+        if schema.is_shard(f):
+            n = len(f["params/index"]) if isinstance(f["params/index"], schema.h5py.Dataset) else "several"
             raise InputError(f"{path} is a campaign shard ({n} simulations); emulate takes one run-sim file")
         schema.check_sim_file(path, f, required=())
         if "za/disp" not in f:

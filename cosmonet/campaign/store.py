@@ -364,23 +364,23 @@ def shard_contents(root, shard, cfg):
     """None when shard ``shard`` of ``root`` keeps the schema (:mod:`cosmonet.io.schema`:
     attributes, params table, the dtype and shape of every field of ``cfg.fields``, ``nc``
     and ``box_size`` of the campaign) and its fields hold no NaN or infinity; else what is
-    wrong, in words. Reads the fields block by block (one simulation at most at a time)."""
+    wrong, in words. Reads the fields block by block (16 MiB at a time)."""
     from ..io import schema
     path = shard_path(root, shard)
     try:
         with h5py.File(path, "r") as f:
             attrs, _ = schema.check_shard_file(path, f, cfg.fields)
             if attrs["nc"] != cfg.nc or not np.isclose(attrs["box_size"], cfg.box):
-                return (f"has nc={attrs['nc']}, box_size={attrs['box_size']:g}, not the campaign's nc={cfg.nc}, "
+                return (f"it has nc={attrs['nc']}, box_size={attrs['box_size']:g}, not the campaign's nc={cfg.nc}, "
                         f"box={cfg.box:g}")
             for name in cfg.fields:
                 bad = schema.count_nonfinite(f[name])
                 if bad:
-                    return f"has {bad} non-finite values (NaN or infinity) in {name}"
+                    return schema.nonfinite_message("", name, bad).lstrip(": ")
     except InputError as exc:
-        return str(exc).replace(path + ": ", "", 1).replace(path, "the file")
+        return str(exc).replace(path + ": ", "", 1).replace(path, "it")
     except OSError as exc:
-        return f"cannot be read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        return f"it cannot be read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
     return None
 
 
@@ -415,7 +415,7 @@ def verify_campaign(root):
         why = shard_contents(root, s, cfg)
         if why is not None:
             invalid.append(s)
-            problems.append(f"shard {s} ({shard_path(root, s)}) {why}")
+            problems.append(f"shard {s} ({shard_path(root, s)}): {why}")
             continue
         why = shard_identity(root, s, cfg, specs, want_config)
         if why is not None:

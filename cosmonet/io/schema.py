@@ -53,7 +53,7 @@ REQUIRED_ATTRS = ("nc", "box_size")
 PARAMS = dict({"index": "iu", "seed": "iu", "split": "SOU", "done": "iub"}, **{c: "f" for c in PARAM_COLUMNS})
 REQUIRED_PARAMS = ("index", "seed", "split")
 _KIND_NAMES = {"i": "integer", "u": "integer", "b": "boolean", "f": "floating point", "c": "complex",
-               "S": "string", "U": "string", "O": "object/string", "V": "compound", "M": "datetime",
+               "S": "string", "U": "string", "O": "string", "V": "compound", "M": "datetime",
                "m": "timedelta"}
 
 
@@ -132,7 +132,7 @@ def check_dataset(path, f, name, shape, kinds="f"):
         raise InputError(f"{path}: {name} holds {_kind(dt)} data ({dt}), expected {want}")
     got = tuple(obj.shape)
     if len(got) != len(shape) or any(w is not None and g != w for g, w in zip(got, shape)):
-        want = "(" + ", ".join("n" if w is None else str(w) for w in shape) + ")"
+        want = "(" + ", ".join("n" if w is None else str(w) for w in shape) + ("," if len(shape) == 1 else "") + ")"
         raise InputError(f"{path}: {name} has shape {got}, expected {want}")
     return obj
 
