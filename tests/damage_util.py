@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import warnings
 
 import h5py
 import numpy as np
@@ -112,7 +113,9 @@ def retype(f, name, dtype):
     elif data.dtype.kind in "SUO":                  # text to numbers: zeros of the new type
         f[name] = np.zeros(data.shape, dtype=dtype)
     else:
-        f[name] = data.astype(dtype)
+        with np.errstate(all="ignore"), warnings.catch_warnings():   # NaN, complex, overflow: whatever
+            warnings.simplefilter("ignore")                              # the cast gives
+            f[name] = data.astype(dtype)
 
 
 def reshape(f, name, shape):

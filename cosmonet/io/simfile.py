@@ -89,6 +89,8 @@ def describe_sim_file(path, index=None):
         if not schema.is_shard(f):
             if index is not None:
                 schema.check_attrs(path, f.attrs, schema.SIM_ATTRS)
+                if "params" in f:
+                    raise InputError(f"--index {index}: {path} has no params/index dataset (a damaged campaign shard?)")
                 raise InputError(f"--index {index}: {path} is a single simulation (run-sim), not a campaign shard")
             return schema.check_sim_file(path, f), None
         attrs, table = schema.check_shard_file(path, f)
