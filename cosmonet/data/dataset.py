@@ -150,6 +150,10 @@ class ShardDataset(torch.utils.data.Dataset):
         any epoch with :meth:`sample` (what :class:`EpochItems` does for training). When
         None, ``rng`` is None and the transform uses its own generator.
     max_open_files: h5py handles kept open per process.
+    check_finite: every read refuses a NaN or an infinity (InputError naming the shard, the
+        field, the simulation and the count). The trainer turns it off: it checks its splits
+        once before the first step (:mod:`cosmonet.train.datacheck`) and flags non-finite
+        batches on the device.
 
     Raises :class:`~cosmonet.errors.InputError` (one line naming the file) for a directory
     that is not a campaign, a missing shard, a field not in a shard, mismatched shards, an
@@ -157,7 +161,7 @@ class ShardDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root, split="train", fields=("za/disp", "fastpm/disp"), indices=None,
-                 transform=None, seed=None, max_open_files=8):
+                 transform=None, seed=None, max_open_files=8, check_finite=True):
         root = os.fspath(root)
         self.root = root
         self.config = shardio.read_config(root)
@@ -185,6 +189,7 @@ class ShardDataset(torch.utils.data.Dataset):
         self._info = [info_of[i] for i in sel]
         self.transform = transform
         self.seed = seed
+        self.check_finite = bool(check_finite)
         self.epoch = 0
         self.max_open_files = max(1, int(max_open_files))
         self._handles = OrderedDict()       # path -> h5py.File, opened by process self._pid
@@ -258,7 +263,7 @@ class ShardDataset(torch.utils.data.Dataset):
         """``data`` (part of field ``name`` of item ``i``, row ``k`` of ``path``) as float32;
         InputError naming the file, the field, the simulation and the count when it holds a
         NaN or an infinity."""
-        bad = schema.count_nonfinite(data)
+        bad = schema.count_nonfinite(data) if self.check_finite else 0
         if bad:
             raise InputError(schema.nonfinite_message(path, name, bad, f"of simulation {self._info[i]['index']}"))
         return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))

@@ -59,7 +59,7 @@ def build_param_datasets(cfg):
     d, seed = cfg["data"], cfg["train"]["seed"]
     if d["input"] != "density":
         raise InputError(f"train config: parameter inference reads data.input: density (got {d['input']!r})")
-    kw = dict(size=d["subcube"], params=d["params"], scale=d["scale"])
+    kw = dict(size=d["subcube"], params=d["params"], scale=d["scale"], check_finite=False)   # train checks first
     train = SubcubeDataset(d["root"], d["train_split"], augment=d["augment"], seed=seed, **kw)
     val = None
     if d["val_split"]:
@@ -80,11 +80,14 @@ def build_datasets(cfg):
     fields = (d["input"], d["target"])
     norm = FieldNormalizer({name: d["scale"] for name in fields})
     augment = Compose(RandomCubeSymmetry.for_fields(fields), norm) if d["augment"] else norm
-    train = ShardDataset(d["root"], split=d["train_split"], fields=fields, transform=augment, seed=seed)
+    # the splits are checked for NaN and infinity before the first step (_check_data), not per read
+    train = ShardDataset(d["root"], split=d["train_split"], fields=fields, transform=augment, seed=seed,
+                         check_finite=False)
     val = None
     if d["val_split"]:
         try:
-            val = ShardDataset(d["root"], split=d["val_split"], fields=fields, transform=norm, seed=seed)
+            val = ShardDataset(d["root"], split=d["val_split"], fields=fields, transform=norm, seed=seed,
+                               check_finite=False)
         except InputError as exc:
             val = exc                     # build_task keeps why; train says it in one line
     return train, val
