@@ -603,8 +603,9 @@ def _emulate_input_shape(path):
     from .io.simfile import open_sim_file
     with open_sim_file(path) as f:
         if schema.is_shard(f):
-            n = len(f["params/index"]) if isinstance(f["params/index"], schema.h5py.Dataset) else "several"
-            raise InputError(f"{path} is a campaign shard ({n} simulations); emulate takes one run-sim file")
+            index = f["params/index"]
+            n = f"{len(index)} simulations" if getattr(index, "ndim", 0) == 1 else "several simulations"
+            raise InputError(f"{path} is a campaign shard ({n}); emulate takes one run-sim file")
         schema.check_sim_file(path, f, required=())
         if "za/disp" not in f:
             raise InputError(f"{path} has no za/disp: not a run-sim simulation file")
