@@ -22,6 +22,6 @@ setup(
         "tqdm>=4.60",
         "torch>=2.1",
     ],
-    extras_require={"test": ["pytest>=7.0", "hypothesis>=6.0"]},
+    extras_require={"test": ["pytest>=7.0", "hypothesis>=6.0", "pynbody>=2.0"]},
     entry_points={"console_scripts": ["cosmonet=cosmonet.cli:main"]},
 )

@@ -59,6 +59,16 @@ def _check_positive(option, value):
         _need(math.isfinite(value) and value > 0, option, "a finite number > 0", value)
 
 
+def _writable(option, path):
+    """:func:`cosmonet.io.atomic.check_writable_dir` of an output path, its error naming
+    ``option`` as the user typed it."""
+    from .io.atomic import check_writable_dir
+    try:
+        check_writable_dir(path)
+    except InputError as exc:
+        raise InputError(f"{option}: {exc}") from None
+
+
 def _refuse_overwrite(inputs, outputs):
     from .io.guard import refuse_overwrite
     refuse_overwrite(inputs, outputs)
@@ -84,6 +94,31 @@ def _add_run_sim(sub):
                    help="mpi: the MPI/FFTW engine (default); torch: the batched torch engine, one rank")
     p.add_argument("--device", default="cpu", help="torch device for --engine torch: cpu (default), cuda, cuda:N")
     p.set_defaults(func=cmd_run_sim)
+
+
+def _check_run_sim_options(args):
+    """The rules of SimConfig, said with the options the user typed (``--a-start``, not
+    ``a_start``), and the seed's limit (2^63, :data:`cosmonet.campaign.plan.SEED_LIMIT`)."""
+    import math
+
+    from .campaign.plan import check_seed
+    _check_int("--nc", args.nc, 2)
+    _check_positive("--box", args.box)
+    _check_int("--steps", args.steps, 1)
+    _need(math.isfinite(args.boost) and args.boost >= 1 and float(args.boost * args.nc).is_integer(), "--boost",
+          "a number >= 1 with --boost * --nc an integer", args.boost)
+    if not (0 < args.a_start < args.a_final <= 4):
+        raise InputError(f"--a-start {args.a_start:g} and --a-final {args.a_final:g} must satisfy "
+                         f"0 < a_start < a_final <= 4")
+    check_seed("--seed", args.seed)
+
+
+def _grid_sigma_warning(cfg):
+    """run-sim's warning line (or None) about the rms of its linear field on the grid;
+    InputError above the refusal threshold (:mod:`cosmonet.sim.sanity`)."""
+    from .sim.sanity import grid_sigma, judge
+    return judge(grid_sigma(cfg.cosmology, cfg.nc, cfg.box, cfg.a_final), cfg.nc, cfg.box, cfg.a_final,
+                 f"run-sim --nc {cfg.nc} --box {cfg.box:g} --a-final {cfg.a_final:g}")
 
 
 def _open_linear_field(path, nc, check_values=True):
@@ -112,14 +147,17 @@ def _open_linear_field(path, nc, check_values=True):
 
 def cmd_run_sim(args):
     from .cosmology import Cosmology
-    from .io.atomic import check_writable_dir
     from .io.simfile import write_simulation
     from .sim.simulation import SimConfig, run_simulation
 
     from .resources import BASE, check_node_memory, gather_bytes, simulation_bytes
 
     comm = _comm()
-    cosmo = Cosmology.from_string(args.cosmology)
+    _check_run_sim_options(args)
+    try:
+        cosmo = Cosmology.from_string(args.cosmology)
+    except InputError as exc:
+        raise InputError(f"--cosmology: {exc}") from None
     cfg = SimConfig(nc=args.nc, box=args.box, steps=args.steps, boost=args.boost, seed=args.seed,
                     a_start=args.a_start, a_final=args.a_final, cosmology=cosmo)
     if args.engine == "mpi" and args.device != "cpu":
@@ -127,7 +165,7 @@ def cmd_run_sim(args):
 
     def check_paths():
         _refuse_overwrite({"--linear-field": args.linear_field}, {"--out": args.out})
-        check_writable_dir(args.out)
+        _writable("--out", args.out)
     _collective_check(comm, check_paths)
     linear_field = None
     if args.linear_field is not None:
@@ -135,6 +173,11 @@ def cmd_run_sim(args):
         linear_field = _open_linear_field(args.linear_field, cfg.nc, check_values=False)
     check_node_memory(comm, BASE + simulation_bytes(cfg.nc, cfg.force_nmesh) // comm.size,
                       gather_bytes(cfg.nc), f"run-sim --nc {cfg.nc} (force mesh {cfg.force_nmesh}^3)")
+    if linear_field is None:            # the seeded field's rms on the grid (cosmonet/sim/sanity.py)
+        holder = {}
+        _collective_check(comm, lambda: holder.update(warning=_grid_sigma_warning(cfg)))
+        if holder.get("warning"):
+            _say(comm, holder["warning"])
     t0 = time.perf_counter()
 
     def progress(step, a):
@@ -207,14 +250,13 @@ def cmd_power(args):
     if not os.path.isfile(args.sim):
         raise InputError(f"simulation file {args.sim} does not exist" if not os.path.exists(args.sim)
                          else f"simulation file {args.sim} is not a file")
-    from .io.atomic import check_writable_dir
     from .io.simfile import describe_sim_file
 
     def check_paths():
         _refuse_overwrite({"sim": args.sim}, {"--json": args.json, "--plot": args.plot})
-        check_writable_dir(args.json)
+        _writable("--json", args.json)
         if args.plot:
-            check_writable_dir(args.plot)
+            _writable("--plot", args.plot)
     _collective_check(comm, check_paths)
     holder = {}
     _collective_check(comm, lambda: holder.update(desc=describe_sim_file(args.sim, args.index)))
@@ -230,7 +272,7 @@ def cmd_power(args):
 def _power(args, comm, attrs, row, nmesh):
     import numpy as np
 
-    from .analysis.power import cross_power, binned_power, density_k
+    from .analysis.power import cross_power, binned_power, density_k, gaussian_errors
     from .mesh import ParticleMesh
 
     from .io.simfile import read_positions
@@ -247,6 +289,7 @@ def _power(args, comm, attrs, row, nmesh):
         res.pop("edges")
     if len(res["k"]) == 0:
         raise InputError(f"no k bin below the Nyquist frequency holds a mode: --nmesh {nmesh} is too small")
+    res.update(gaussian_errors(res))
     out = {key: np.asarray(v).tolist() for key, v in res.items()}
     out.update(field=args.field, second=args.second, index=args.index, nmesh=nmesh, box_size=box,
                shotnoise=box ** 3 / nc ** 3, compensation=args.compensation,
@@ -324,6 +367,18 @@ def _campaign_has_shards(path):
 
 
 def cmd_simulate(args):
+    """``cosmonet simulate``; an error about the output directory names ``--out`` when the
+    user gave it (the configuration's ``out`` otherwise)."""
+    try:
+        return _simulate(args)
+    except InputError as exc:
+        text = str(exc)
+        if args.out is not None and text.startswith("config: out "):
+            raise InputError("--out " + text[len("config: out "):]) from None
+        raise
+
+
+def _simulate(args):
     from .campaign.config import load_config
     from .campaign.lock import CampaignLock
     from .campaign.runner import prepare_directory, run_campaign
@@ -335,7 +390,7 @@ def cmd_simulate(args):
 
     def load():
         cfg = holder["cfg"] = load_config(args.config, args.overrides, out=args.out)
-        _refuse_overwrite({"config": args.config}, {"out": cfg.out})
+        _refuse_overwrite({"config": args.config}, {"out" if args.out is None else "--out": cfg.out})
         if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
             raise InputError(f"config: out {cfg.out} exists and is not a directory")
         if comm.size % cfg.ranks_per_sim:
@@ -345,6 +400,8 @@ def cmd_simulate(args):
     _collective_check(comm, load)
     cfg = comm.bcast(holder.get("cfg"), root=0)
     _campaign_resources(cfg, comm)
+    from .campaign.sanity import check_campaign
+    _collective_check(comm, lambda: holder.update(warning=check_campaign(cfg)))
     fresh = comm.bcast(not os.path.exists(cfg.out) if comm.rank == 0 else None, root=0)
     # world rank 0 holds DIR/.lock for the run (one writer per directory); SIGINT/SIGTERM stop
     # the run at the next simulation boundary (interrupts.py). A directory this run created is
@@ -354,6 +411,8 @@ def cmd_simulate(args):
                                              keep=_campaign_has_shards):
         try:
             _collective_check(comm, lambda: prepare_directory(cfg, lock=lock))
+            if holder.get("warning"):
+                _say(comm, holder["warning"])
             summary = run_campaign(cfg, comm, show_progress=not args.quiet)
         finally:
             if lock is not None:
@@ -515,7 +574,6 @@ def cmd_evaluate(args):
 
 
 def _evaluate(args):
-    from .io.atomic import check_writable_dir
     from .io.guard import remove_on_failure
     from .train.trainconfig import load_train_config
 
@@ -526,7 +584,7 @@ def _evaluate(args):
     args.checkpoint = checkpoint_argument(args.checkpoint)
     _refuse_overwrite({"config": args.config, "--checkpoint": args.checkpoint, "data.root": cfg["data"]["root"]},
                       {"--json": args.json, "--plots": args.plots})
-    check_writable_dir(args.json)
+    _writable("--json", args.json)
     if args.plots and os.path.exists(args.plots) and not os.path.isdir(args.plots):
         raise InputError(f"--plots {args.plots} exists and is not a directory")
     from .emulate import load_emulator
@@ -536,7 +594,7 @@ def _evaluate(args):
     model, norm, state = load_emulator(args.checkpoint)
     is_paramnet = state["model_signature"]["name"] == "paramnet"
     if is_paramnet != is_param_task(cfg):
-        raise InputError(f"checkpoint {args.checkpoint} holds model {state['model_signature']['name']!r}, "
+        raise InputError(f"--checkpoint {args.checkpoint} holds model {state['model_signature']['name']!r}, "
                          f"which does not fit the config's data.target {cfg['data']['target']!r}")
     with remove_on_failure(args.json, args.plots):
         if is_paramnet:
@@ -605,15 +663,14 @@ def _emulate_input_shape(path):
         if schema.is_shard(f):
             index = f["params/index"]
             n = f"{len(index)} simulations" if getattr(index, "ndim", 0) == 1 else "several simulations"
-            raise InputError(f"{path} is a campaign shard ({n}); emulate takes one run-sim file")
+            raise InputError(f"--input {path} is a campaign shard ({n}); emulate takes one run-sim file")
         schema.check_sim_file(path, f, required=())
         if "za/disp" not in f:
-            raise InputError(f"{path} has no za/disp: not a run-sim simulation file")
+            raise InputError(f"--input {path} has no za/disp: not a run-sim simulation file")
         return schema.check_dataset(path, f, "za/disp", (3, None, None, None)).shape
 
 
 def cmd_emulate(args):
-    from .io.atomic import check_writable_dir
     from .io.simfile import read_displacements, write_emulated
     from .resources import check_memory, emulate_bytes
 
@@ -624,7 +681,7 @@ def cmd_emulate(args):
     from .train.checkpoint import checkpoint_argument
     args.checkpoint = checkpoint_argument(args.checkpoint)
     _refuse_overwrite({"--input": args.input, "--checkpoint": args.checkpoint}, {"--out": args.out})
-    check_writable_dir(args.out)
+    _writable("--out", args.out)
     if not os.path.isfile(args.input):
         raise InputError(f"--input {args.input} is not a file")
     shape = _emulate_input_shape(args.input)
@@ -690,6 +747,40 @@ def _errors_vs_fastpm(emulated, za, others):
     return {name: displacement_error(f.astype(np.float64), true) for name, f in fields if f is not None}
 
 
+# --------------------------------------------------------------------------- export
+def _add_export(sub):
+    p = sub.add_parser("export", help="one simulation's particles as a Gadget HDF5 snapshot (pynbody, yt, ...)")
+    p.add_argument("input", help="HDF5 file from run-sim or emulate, or a campaign shard (with --index)")
+    p.add_argument("--out", required=True, help="output Gadget HDF5 snapshot (e.g. snap.hdf5)")
+    p.add_argument("--field", default="fastpm", choices=("za", "lpt2", "fastpm", "emulated"),
+                   help="particles to write (default fastpm; emulated: positions only, the network has no velocities)")
+    p.add_argument("--index", type=int, default=None,
+                   help="campaign shard: the simulation (its campaign index, params/index) to export")
+    p.add_argument("--length-unit", default="kpc", choices=("kpc", "Mpc"),
+                   help="Coordinates and BoxSize in kpc/h (default, as Gadget) or Mpc/h")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args):
+    from .io.atomic import check_writable_dir
+    from .io.gadget import export_gadget
+
+    if _comm().rank != 0:
+        return 0
+    _check_int("--index", args.index, 0)
+    if not os.path.isfile(args.input):
+        raise InputError(f"input {args.input} does not exist" if not os.path.exists(args.input)
+                         else f"input {args.input} is not a file")
+    _refuse_overwrite({"input": args.input}, {"--out": args.out})
+    check_writable_dir(args.out)
+    summary = export_gadget(args.input, args.out, field=args.field, index=args.index, length_unit=args.length_unit)
+    if not summary["velocities"]:
+        print(f"export: warning: {args.input} has no {args.field}/vel, so {args.out} holds Coordinates and "
+              "ParticleIDs only (no Velocities)", file=sys.stderr, flush=True)
+    print(json.dumps(summary))
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 def build_parser():
     parser = _Parser(prog="cosmonet", description=__doc__.splitlines()[0])
@@ -701,6 +792,7 @@ def build_parser():
     _add_train(sub)
     _add_evaluate(sub)
     _add_emulate(sub)
+    _add_export(sub)
     from .probes.command import add_probe_parser
     add_probe_parser(sub)
     return parser
@@ -731,7 +823,8 @@ def main(argv=None):
 
 
 def _report(msg, prefix="cosmonet: error: "):
-    msg = msg.strip().splitlines()[0] if msg.strip() else "failed"
+    from .errors import short_line
+    msg = short_line(msg.strip().splitlines()[0]) if msg.strip() else "failed"
     try:
         rank = _comm().rank
     except Exception:  # MPI unavailable: report anyway

@@ -9,7 +9,7 @@ import re
 
 import yaml
 
-from .errors import InputError
+from .errors import InputError, shown
 
 
 class _DuplicateKey(yaml.YAMLError):
@@ -43,11 +43,13 @@ def load_yaml(path, what=""):
     (No such file or directory)`` and ``config PATH is not valid YAML at line 3``.
     """
     label = f"{what} {path}" if what else str(path)
+    if len(label) > 200:                # a 100k-character path: its start and its length
+        label = f"{what} {shown(str(path), 120)}".strip()
     try:
         with open(path, encoding="utf-8") as fh:
             return yaml.load(fh, Loader=_UniqueKeyLoader)
     except _DuplicateKey as exc:
-        raise InputError(f"{label}: key {str(exc.key)[:60]!r} is given twice (line {exc.line}); keep one") from None
+        raise InputError(f"{label}: key {shown(str(exc.key))} is given twice (line {exc.line}); keep one") from None
     except OSError as exc:
         raise InputError(f"cannot read {label} ({exc.strerror})") from None
     except UnicodeDecodeError as exc:
@@ -59,17 +61,23 @@ def load_yaml(path, what=""):
 
 
 def parse_override(item):
-    """``"a.b=value"`` -> (["a", "b"], value parsed as YAML; "" for an empty value)."""
+    """``"a.b=value"`` -> (["a", "b"], value parsed as YAML; "" for an empty value).
+
+    The value is read by the loader of the files, so ``--set 'splits={train: 1, train: 2}'``
+    is refused as a key given twice, as in a file. Messages quote a long item's prefix only."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
-        raise InputError(f"--set {item!r}: expected key=value")
+        raise InputError(f"--set {shown(item)}: expected key=value")
     if not re.fullmatch(r"[\w-]+(\.[\w-]+)*", key.strip()):
-        raise InputError(f"--set {item!r}: the key must be names joined by dots (e.g. cosmology.lhs_seed)")
+        raise InputError(f"--set {shown(item)}: the key must be names joined by dots (e.g. cosmology.lhs_seed)")
+    name = key.strip()
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = yaml.load(text, Loader=_UniqueKeyLoader) if text.strip() else ""
+    except _DuplicateKey as exc:
+        raise InputError(f"--set {name}: key {shown(exc.key)} is given twice in the value; keep one") from None
     except yaml.YAMLError:
-        raise InputError(f"--set {item!r}: cannot parse the value as YAML") from None
-    return key.strip().split("."), value
+        raise InputError(f"--set {name}: cannot parse the value {shown(text)} as YAML") from None
+    return name.split("."), value
 
 
 def apply_overrides(raw, overrides):

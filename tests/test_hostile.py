@@ -257,6 +257,13 @@ CASES = [
                            "{campaign}", "--max-boxes", "0"], "--max-boxes"),
     ("probe paramnet checkpoint", ["probe", "planewave", "--checkpoint", "{param}", "--out", "{w}/pr"],
      "not a displacement emulator"),
+    # ---- export (tests/test_export.py reads its good output back with pynbody)
+    ("export shard without index", ["export", "{shard}", "--out", "{w}/s.hdf5"], "campaign shard of 2"),
+    ("export shard index absent", ["export", "{shard}", "--index", "7", "--out", "{w}/s.hdf5"], "--index 7"),
+    ("export bad field", ["export", "{sim}", "--field", "nbody", "--out", "{w}/s.hdf5"], "--field"),
+    ("export field absent", ["export", "{sim}", "--field", "emulated", "--out", "{w}/s.hdf5"], "no field 'emulated'"),
+    ("export out is input", ["export", "{sim}", "--out", "{sim}"], "refusing to write over an input"),
+    ("export on a checkpoint", ["export", "{ckpt}", "--out", "{w}/s.hdf5"], "cannot open simulation file"),
     # ---- the command line itself
     ("unknown command", ["fly"], "invalid choice"),
 ]

@@ -7,7 +7,12 @@ Measures, over the test boxes:
 - T(k) = P_x / P_true and r(k) = P_x,true / sqrt(P_x P_true) of the displacement field
   (power summed over the three components) and of the CIC density of the particles at
   q + psi (painted on the nc^3 grid, CIC window divided out), with the powers averaged
-  over boxes before the ratios are taken.
+  over boxes before the ratios are taken; beside each curve its scatter over boxes
+  (``T_x_scatter``, ``r_x_scatter``: the standard deviation of the single-box T and r,
+  ddof = 1, present with two or more boxes).
+
+The report names its boxes (``indices``, ``shards``) and their ``cosmology`` (each
+parameter's value, or its [min, max] when the boxes differ), and the figures' titles say them.
 
 Writes a JSON report and PNG figures: density slices (truth, 2LPT, model, and both
 residuals, as in the talk) and T(k), 1 - r(k)^2 curves.
@@ -28,19 +33,24 @@ METHOD_LABELS = {"model": "U-Net", "lpt2": "2LPT", "za": "ZA"}
 
 
 class PowerAccumulator:
-    """Sums of binned auto and cross powers over boxes, for T(k) and r(k)."""
+    """Binned auto and cross powers of every box, for T(k) and r(k) of the box-averaged
+    powers and for their scatter over boxes."""
 
     def __init__(self):
-        self.sums = {}
+        self.boxes = {}
         self.k = None
         self.n = 0
 
     def add(self, key, res):
         self.k = res["k"]
-        self.sums[key] = self.sums.get(key, 0.0) + res["power"]
+        self.boxes.setdefault(key, []).append(np.asarray(res["power"], dtype=np.float64))
+
+    def per_box(self, key):
+        """(n_boxes, bins) array of the powers ``key`` of each box."""
+        return np.stack(self.boxes[key])
 
     def mean(self, key):
-        return self.sums[key] / self.n
+        return self.per_box(key).sum(axis=0) / self.n
 
 
 def evaluate_d3m(model, dataset, scale, device="cpu", max_boxes=None):
@@ -53,6 +63,7 @@ def evaluate_d3m(model, dataset, scale, device="cpu", max_boxes=None):
     disp_acc, dens_acc = PowerAccumulator(), PowerAccumulator()
     first = None
     n = len(dataset) if max_boxes is None else min(len(dataset), max_boxes)
+    infos = [dataset.sample_info(i) if hasattr(dataset, "sample_info") else {"index": i} for i in range(n)]
     model.eval()
     for i in range(n):
         za, lpt2, true = (t.numpy().astype(np.float64) for t in dataset[i][:3])
@@ -86,7 +97,9 @@ def evaluate_d3m(model, dataset, scale, device="cpu", max_boxes=None):
     report = {"n_boxes": n, "box_size": box, "nc": nc,
               "displacement_error": {m: err_num[m] / err_den for m in METHODS},
               "displacement_error_definition": "<|psi_x - psi_true|> / <|psi_true|> over all particles",
-              "k": dens_acc.k.tolist()}
+              "k": dens_acc.k.tolist(), **box_identity(infos),
+              "scatter_definition": "T_x_scatter, r_x_scatter: standard deviation (ddof 1) over boxes of each "
+                                    "box's own T(k) and r(k)"}
     for name, acc in (("density", dens_acc), ("displacement", disp_acc)):
         section = {}
         p_true = acc.mean("true")
@@ -94,8 +107,62 @@ def evaluate_d3m(model, dataset, scale, device="cpu", max_boxes=None):
             p, x = acc.mean(m), acc.mean(m + "_x_true")
             section[f"T_{m}"] = (p / p_true).tolist()
             section[f"r_{m}"] = (x / np.sqrt(p * p_true)).tolist()
+            if n >= 2:
+                pb, xb, tb = acc.per_box(m), acc.per_box(m + "_x_true"), acc.per_box("true")
+                section[f"T_{m}_scatter"] = (pb / tb).std(axis=0, ddof=1).tolist()
+                section[f"r_{m}_scatter"] = (xb / np.sqrt(pb * tb)).std(axis=0, ddof=1).tolist()
         report[name] = section
     return report, first
+
+
+def box_identity(infos):
+    """``indices`` and ``shards`` (one entry per box, None where unknown) of the boxes
+    (``sample_info`` dicts) and their ``cosmology``: per parameter its value when all boxes
+    share it, else [min, max] (parameters that no box sets are left out)."""
+    from ..campaign.store import PARAM_COLUMNS
+    cosmo = {}
+    for c in PARAM_COLUMNS:
+        vals = sorted({float(info[c]) for info in infos if info.get(c) is not None})
+        if vals:
+            cosmo[c] = vals[0] if len(vals) == 1 else [vals[0], vals[-1]]
+    return {"indices": [int(info["index"]) for info in infos],
+            "shards": [None if info.get("shard") is None else int(info["shard"]) for info in infos],
+            "cosmology": cosmo}
+
+
+def _ranges(values):
+    """'3', '3-5' or '0-2, 7' for integers."""
+    values = sorted(set(values))
+    out, start = [], None
+    for i, v in enumerate(values):
+        start = v if start is None else start
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            out.append(f"{start}" if start == v else f"{start}-{v}")
+            start = None
+    return ", ".join(out)
+
+
+def boxes_title(report, first_only=False):
+    """Which boxes a figure shows, 'shard 0, simulation 8' (``first_only``) or '4 boxes: shards
+    0-1, simulations 8-11', and their cosmology ('Omega_m=0.3089, sigma8=0.8159'; a range
+    where the boxes differ)."""
+    idx = list(report.get("indices") or [])
+    shards = list(report.get("shards") or [])
+    if first_only:
+        idx, shards = idx[:1], shards[:1]
+    shards = [sh for sh in shards if sh is not None]
+    parts = []
+    if shards:
+        parts.append(f"shard{'s' if len(set(shards)) > 1 else ''} {_ranges(shards)}")
+    if idx:
+        parts.append(f"simulation{'s' if len(idx) > 1 else ''} {_ranges(idx)}")
+    what = ", ".join(parts)
+    if not first_only:
+        n = report["n_boxes"]
+        what = f"{n} box{'es' if n != 1 else ''}" + (f": {what}" if what else "")
+    cosmo = ", ".join(f"{k}={v:.4g}" if not isinstance(v, list) else f"{k} {v[0]:.4g}-{v[1]:.4g}"
+                      for k, v in (report.get("cosmology") or {}).items() if k in ("Omega_m", "sigma8", "A_s", "h"))
+    return what + (f"; {cosmo}" if cosmo else "")
 
 
 def report_table(report, ks=(0.1, 0.3, 0.5)):
@@ -142,25 +209,33 @@ def plot_report(report, slices, out_dir):
         ax.set_xlabel("y [Mpc/h]")
         ax.set_ylabel("z [Mpc/h]")
         fig.colorbar(im, ax=ax, shrink=0.75, label=r"$\delta$" if not residual else r"$\Delta\delta$")
-    fig.suptitle(f"CIC density contrast of the first test box, one cell thick: x = {s * cell:g} to "
-                 f"{(s + 1) * cell:g} Mpc/h ({cell:g} Mpc/h of {report['box_size']:g})", fontsize=10)
+    fig.suptitle(f"CIC density contrast of the first test box ({boxes_title(report, first_only=True)}), one cell "
+                 f"thick: x = {s * cell:g} to {(s + 1) * cell:g} Mpc/h ({cell:g} Mpc/h of {report['box_size']:g})",
+                 fontsize=10)
     path = save_png(fig, os.path.join(out_dir, "density_slices.png"), dpi=90)
 
     k = np.asarray(report["k"])
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
     for col, name in enumerate(("density", "displacement")):
         sec = report[name]
-        for m, style in (("model", "o-"), ("lpt2", "s--"), ("za", "^:")):
-            axes[0, col].semilogx(k, sec[f"T_{m}"], style, ms=3, label=f"{METHOD_LABELS[m]} / FastPM")
-            axes[1, col].loglog(k, np.maximum(1 - np.asarray(sec[f"r_{m}"]) ** 2, 1e-6), style, ms=3,
-                                  label=f"{METHOD_LABELS[m]} x FastPM")
+        for j, (m, style) in enumerate((("model", "o-"), ("lpt2", "s--"), ("za", "^:"))):
+            t, r = np.asarray(sec[f"T_{m}"]), np.asarray(sec[f"r_{m}"])
+            axes[0, col].semilogx(k, t, style, color=f"C{j}", ms=3, label=f"{METHOD_LABELS[m]} / FastPM")
+            axes[1, col].loglog(k, np.maximum(1 - r ** 2, 1e-6), style, color=f"C{j}", ms=3,
+                                label=f"{METHOD_LABELS[m]} x FastPM")
+            if f"T_{m}_scatter" in sec:          # the scatter over boxes, as a band
+                ts, rs = np.asarray(sec[f"T_{m}_scatter"]), np.asarray(sec[f"r_{m}_scatter"])
+                axes[0, col].fill_between(k, t - ts, t + ts, color=f"C{j}", alpha=0.2, lw=0)
+                axes[1, col].fill_between(k, np.maximum(1 - np.minimum(r + rs, 1) ** 2, 1e-6),
+                                          np.maximum(1 - (r - rs) ** 2, 1e-6), color=f"C{j}", alpha=0.2, lw=0)
         axes[0, col].axhline(1, color="gray", lw=0.8)
         axes[0, col].set_title(name)
         axes[0, col].set_ylabel(r"$T(k) = P_x / P_{\rm FastPM}$")
         axes[1, col].set_ylabel(r"$1 - r(k)^2$")
         axes[1, col].set_xlabel(r"$k$ [$h$/Mpc]")
         axes[0, col].legend(fontsize=8)
-    fig.suptitle("D3M evaluation: displacement error " + ", ".join(
-        f"{m} {100 * v:.1f}%" for m, v in report["displacement_error"].items()), fontsize=10)
+    band = "; bands: scatter (std) over boxes" if "T_model_scatter" in report["density"] else ""
+    fig.suptitle(f"D3M evaluation of {boxes_title(report)}\ndisplacement error " + ", ".join(
+        f"{m} {100 * v:.1f}%" for m, v in report["displacement_error"].items()) + band, fontsize=10)
     path2 = save_png(fig, os.path.join(out_dir, "transfer.png"), dpi=100)
     return [path, path2]

@@ -64,9 +64,11 @@ def power_figure(result, title="", linear=None):
                              sharex=True, squeeze=False)
     ax = axes[0, 0]
     a, b = (str(result.get(key) or default).replace("_", r"\_") for key, default in (("field", "a"), ("second", "b")))
-    ax.loglog(k, result["power"], "o-", ms=3, label=f"{a} ($P_a$)" if has_cross else a)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _curve(ax, k, result["power"], result.get("power_error"), "o-", f"{a} ($P_a$)" if has_cross else a, log=True)
     if has_cross:
-        ax.loglog(k, result["power_second"], "s-", ms=3, label=f"{b} ($P_b$)")
+        _curve(ax, k, result["power_second"], result.get("power_second_error"), "s-", f"{b} ($P_b$)", log=True)
     if linear is not None:
         ax.loglog(linear[0], linear[1], "k--", lw=1, label="linear theory")
     if "shotnoise" in result:
@@ -76,11 +78,26 @@ def power_figure(result, title="", linear=None):
     ax.set_title(title, fontsize=9)
     if has_cross:
         ax = axes[1, 0]
-        ax.semilogx(k, result["T"], "o-", ms=3, label=rf"$T(k)=P_{{\rm {a}}}/P_{{\rm {b}}}$")
-        ax.semilogx(k, result["r"], "s-", ms=3,
-                    label=rf"$r(k)=P_{{\rm {a}\times {b}}}/\sqrt{{P_{{\rm {a}}}P_{{\rm {b}}}}}$")
+        ax.set_xscale("log")
+        _curve(ax, k, result["T"], result.get("T_error"), "o-", rf"$T(k)=P_{{\rm {a}}}/P_{{\rm {b}}}$")
+        _curve(ax, k, result["r"], result.get("r_error"), "s-",
+               rf"$r(k)=P_{{\rm {a}\times {b}}}/\sqrt{{P_{{\rm {a}}}P_{{\rm {b}}}}}$")
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set_ylabel("ratio")
         ax.legend(fontsize=8)
     axes[-1, 0].set_xlabel(r"$k$ [$h\,\mathrm{Mpc}^{-1}$]")
+    if "power_error" in result:
+        axes[-1, 0].annotate(r"bars: Gaussian $1\sigma$ of each bin, $P\sqrt{2/N_{\rm modes}}$", (0.01, 0.01),
+                             xycoords="figure fraction", fontsize=7, color="gray")
     return fig
+
+
+def _curve(ax, k, y, err, style, label, log=False):
+    """A curve with 1-sigma error bars when ``err`` is given; on a log axis a bar's lower
+    end stops at 1% of the value (a bin of few modes has sigma ~ P)."""
+    y = np.asarray(y, dtype=float)
+    if err is None:
+        return ax.plot(k, y, style, ms=3, label=label)
+    err = np.asarray(err, dtype=float)
+    lower = np.minimum(err, 0.99 * np.abs(y)) if log else err
+    return ax.errorbar(k, y, yerr=[lower, err], fmt=style, ms=3, capsize=2, elinewidth=0.8, label=label)

@@ -5,6 +5,7 @@ P(k) = V <|delta_k|^2> in (Mpc/h)^3. Bins are ``arange(kmin, kmax, dk)`` with
 dk = 2 pi / L and kmin = 0 by default and kmax the Nyquist wavenumber plus dk / 2; a bin
 reports the mode-weighted mean |k|, the mean power and the number of modes counted over
 the full (both-hemisphere) k space. The k = 0 mode is excluded; empty bins are dropped.
+:func:`gaussian_errors` gives each bin's Gaussian error from that mode count.
 """
 import numpy as np
 
@@ -71,6 +72,42 @@ def binned_power(pm, a_k, b_k=None, edges=None):
     keep = modes > 0
     return {"k": ksum[keep] / modes[keep], "power": psum[keep] / modes[keep],
             "modes": modes[keep], "edges": edges}
+
+
+def gaussian_errors(res):
+    """Gaussian (cosmic variance) 1-sigma errors of the bins of a :func:`binned_power` or
+    :func:`cross_power` result, from each bin's number of modes N (``res["modes"]``).
+
+    N counts k and -k as two modes (the full k space, as nbodykit and :func:`binned_power`
+    count them: a half-space r2c mode with 0 < kz < Nyquist weighs 2, a kz = 0 or Nyquist
+    mode 1 and its mirror in the same plane 1 more), so a pair of conjugate modes, which is
+    one independent complex Gaussian number, adds 2 to N and a self-conjugate (real) mode
+    adds 1. With that count the variance of the bin's mean power is exactly 2 P^2 / N for
+    a Gaussian field (a pair's |delta|^2 is exponential, variance P^2; a real mode's is
+    P chi^2_1, variance 2 P^2), hence
+
+    - ``power_error`` = P sqrt(2 / N) (and ``power_second_error`` likewise);
+    - ``cross_error`` = sqrt((P_ab^2 + P_a P_b) / N);
+    - ``T_error`` = T sqrt(4 (1 - r^2) / N) and ``r_error`` = (1 - r^2) / sqrt(N) (first
+      order in 1/N, for a and b drawn together from one realisation; good for N >~ 100).
+
+    Returns a dict of these arrays (those whose inputs are present), in the units of the
+    powers, ready to merge into ``res``.
+    """
+    n = np.asarray(res["modes"], dtype=float)
+    pa = np.asarray(res["power"], dtype=float)
+    out = {"power_error": pa * np.sqrt(2.0 / n)}
+    if "power_second" in res:
+        pb = np.asarray(res["power_second"], dtype=float)
+        out["power_second_error"] = pb * np.sqrt(2.0 / n)
+        if "cross" in res:
+            pab = np.asarray(res["cross"], dtype=float)
+            out["cross_error"] = np.sqrt((pab ** 2 + pa * pb) / n)
+        if "T" in res and "r" in res:
+            r2 = np.clip(np.asarray(res["r"], dtype=float) ** 2, 0.0, 1.0)
+            out["T_error"] = np.abs(np.asarray(res["T"], dtype=float)) * np.sqrt(4.0 * (1.0 - r2) / n)
+            out["r_error"] = (1.0 - r2) / np.sqrt(n)
+    return out
 
 
 def transfer_function(p_a, p_b):

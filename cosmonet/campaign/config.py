@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 
-from ..errors import InputError
+from ..errors import InputError, shown
 from ..sim.simulation import SimConfig, SimParams
 from ..yamlconfig import apply_overrides, load_yaml
 
@@ -106,7 +106,7 @@ def _fail(key, msg):
 
 def _as_int(key, val, minimum):
     if isinstance(val, bool) or not isinstance(val, int):
-        _fail(key, f"must be an integer >= {minimum} (got {val!r})")
+        _fail(key, f"must be an integer >= {minimum} (got {shown(val)})")
     if val < minimum:
         _fail(key, f"must be an integer >= {minimum} (got {val})")
     return val
@@ -117,9 +117,9 @@ def _as_float(key, val):
         try:
             val = float(val)
         except ValueError:
-            _fail(key, f"must be a number (got {val!r})")
+            _fail(key, f"must be a number (got {shown(val)})")
     if isinstance(val, bool) or not isinstance(val, (int, float)) or val != val or val in (float("inf"), float("-inf")):
-        _fail(key, f"must be a number (got {val!r})")
+        _fail(key, f"must be a number (got {shown(val)})")
     return float(val)
 
 
@@ -135,7 +135,7 @@ def resolve_splits(splits, n_sims):
     override either works or says which split is empty.
     """
     if not isinstance(splits, dict):
-        _fail("splits", f"must be a mapping of split name to count or fraction (got {splits!r})")
+        _fail("splits", f"must be a mapping of split name to count or fraction (got {shown(splits)})")
     if not any(isinstance(v, float) for v in splits.values()):
         for name, count in splits.items():
             _as_int(f"splits.{name}", count, 0)
@@ -144,7 +144,7 @@ def resolve_splits(splits, n_sims):
         return dict(splits)
     for name, frac in splits.items():
         if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 <= frac <= 1:
-            _fail(f"splits.{name}", f"must be a fraction in [0, 1] (got {frac!r})")
+            _fail(f"splits.{name}", f"must be a fraction in [0, 1] (got {shown(frac)})")
     total = sum(splits.values())
     if abs(total - 1) > 1e-6:
         _fail("splits", f"fractions add up to {total:g}, not 1")
@@ -172,9 +172,9 @@ def _check_cosmology(spec):
 def _check_engine(cfg):
     """engine, device, batch_size (what does not need torch: see :func:`check_engine_available`)."""
     if cfg.engine not in ENGINES:
-        _fail("engine", f"must be one of {', '.join(ENGINES)} (got {cfg.engine!r})")
+        _fail("engine", f"must be one of {', '.join(ENGINES)} (got {shown(cfg.engine)})")
     if cfg.device not in DEVICES:
-        _fail("device", f"must be one of {', '.join(DEVICES)} (got {cfg.device!r}); under mpirun/srun "
+        _fail("device", f"must be one of {', '.join(DEVICES)} (got {shown(cfg.device)}); under mpirun/srun "
                         f"each rank takes the GPU of its local rank")
     if cfg.engine == "torch" and cfg.ranks_per_sim != 1:
         _fail("ranks_per_sim", f"must be 1 with engine torch (each rank runs whole boxes on its own "
@@ -199,13 +199,16 @@ def validate(raw):
         raise InputError("config: the file must hold a mapping of keys (n_sims, nc, box, ...)")
     unknown = [k for k in raw if k not in _KEYS]
     if unknown:
-        raise InputError(f"config: unknown key {str(unknown[0])!r} (known: {', '.join(_KEYS)})")
+        raise InputError(f"config: unknown key {shown(str(unknown[0]))} (known: {', '.join(_KEYS)})")
     if "n_sims" not in raw:
         raise InputError("config: n_sims is required")
     kw = dict(raw)
     for key in _INT_KEYS:
-        if key in kw:
-            kw[key] = _as_int(key, kw[key], 0 if key in ("seed", "density_nmesh") else 1)
+        if key == "seed" and key in kw:
+            from .plan import check_seed
+            kw[key] = check_seed("config: seed", kw[key])
+        elif key in kw:
+            kw[key] = _as_int(key, kw[key], 0 if key == "density_nmesh" else 1)
     for key in _FLOAT_KEYS:
         if key in kw:
             kw[key] = _as_float(key, kw[key])
@@ -214,17 +217,17 @@ def validate(raw):
     except InputError as exc:
         raise InputError(f"config: {exc}") from None
     if not isinstance(cfg.fields, (list, tuple)) or not cfg.fields:
-        _fail("fields", f"must be a non-empty list of {', '.join(FIELD_NAMES)} (got {cfg.fields!r})")
+        _fail("fields", f"must be a non-empty list of {', '.join(FIELD_NAMES)} (got {shown(cfg.fields)})")
     for name in cfg.fields:
         if name not in FIELD_NAMES:
-            _fail("fields", f"has unknown field {name!r} (known: {', '.join(FIELD_NAMES)})")
+            _fail("fields", f"has unknown field {shown(name)} (known: {', '.join(FIELD_NAMES)})")
     if len(set(cfg.fields)) != len(cfg.fields):
         _fail("fields", "lists a field twice")
     if cfg.density_nmesh == 1:
         _fail("density_nmesh", "must be >= 2 (or 0 for nc)")
     object.__setattr__(cfg, "splits", resolve_splits(cfg.splits, cfg.n_sims))
     if not isinstance(cfg.out, str) or not cfg.out:
-        _fail("out", f"must be a directory path (got {cfg.out!r})")
+        _fail("out", f"must be a directory path (got {shown(cfg.out)})")
     _check_cosmology(cfg.cosmology)
     _check_engine(cfg)
     object.__setattr__(cfg, "fields", tuple(cfg.fields))

@@ -24,9 +24,23 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..cosmology import Cosmology, parse_cosmology
-from ..errors import InputError
+from ..errors import InputError, shown
 
 SCALE_KEY = "A_s_scale"
+#: every seed is below 2^63: run-sim's ``--seed``, a campaign's ``seed`` and
+#: ``cosmology.lhs_seed``, and the per-simulation seeds derived from them. They are stored
+#: as signed 64-bit integers (``params/seed`` of a shard, the ``seed`` attribute of a
+#: run-sim file), and the white noise takes any seed of that range.
+SEED_LIMIT = 2 ** 63
+SEED_RULE = "an integer in [0, 2^63)"
+
+
+def check_seed(name, value):
+    """``value`` as a seed, or InputError ``NAME must be an integer in [0, 2^63) (got V)``
+    (``name`` as the user wrote it: ``--seed``, ``config: seed``, ...)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < SEED_LIMIT:
+        raise InputError(f"{name} must be {SEED_RULE} (got {shown(value)})")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -40,7 +54,9 @@ class SimSpec:
 
 
 def simulation_seed(base_seed, index):
-    """Seed of simulation ``index``: a hash of (base_seed, index), below 2^63."""
+    """Seed of simulation ``index``: a hash of (base_seed, index) (SeedSequence), below
+    2^63 = :data:`SEED_LIMIT` by construction (a 32-bit word shifted by 31 bits, XOR a
+    32-bit word), so every derived seed is a valid seed whatever the base seed."""
     state = np.random.SeedSequence([int(base_seed), int(index)]).generate_state(2, np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1]))
 
@@ -72,9 +88,7 @@ def _mode(spec):
             if extra:
                 raise InputError(f"config: cosmology.{sorted(extra)[0]} is not allowed with '{modes[0]}'")
             if "lhs_seed" in spec:
-                seed = spec["lhs_seed"]
-                if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-                    raise InputError(f"config: cosmology.lhs_seed must be an integer >= 0 (got {seed!r})")
+                check_seed("config: cosmology.lhs_seed", spec["lhs_seed"])
             return modes[0]
     return "fixed"
 
@@ -92,11 +106,11 @@ def _string_overrides(text):
     for tok in tokens:
         key, sep, val = tok.partition("=")
         if not sep:
-            raise InputError(f"config: cosmology entry {text!r}: bad item '{tok}' (expected key=value)")
+            raise InputError(f"config: cosmology entry {shown(text)}: bad item '{tok}' (expected key=value)")
         try:
             out[key.strip()] = val.strip() if key.strip() == "transfer" else float(val)
         except ValueError:
-            raise InputError(f"config: cosmology entry {text!r}: '{key.strip()}' needs a number") from None
+            raise InputError(f"config: cosmology entry {shown(text)}: '{key.strip()}' needs a number") from None
     return out
 
 
@@ -141,7 +155,7 @@ def _lhs_ranges(spec):
     for key, rng in ranges.items():
         if (not isinstance(rng, list) or len(rng) != 2
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rng)):
-            raise InputError(f"config: cosmology.lhs.{key} must be [min, max] (got {rng!r})")
+            raise InputError(f"config: cosmology.lhs.{key} must be [min, max] (got {shown(rng)})")
         if not rng[0] < rng[1]:
             raise InputError(f"config: cosmology.lhs.{key} has min >= max ({rng[0]} >= {rng[1]})")
         out[key] = (float(rng[0]), float(rng[1]))

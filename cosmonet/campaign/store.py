@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 
 from .. import __version__
-from ..errors import InputError
+from ..errors import InputError, shown
 from ..io.atomic import atomic_path, write_json
 from ..yamlconfig import load_yaml
 
@@ -284,10 +284,13 @@ def prepare_directory(cfg, lock=None):
         if old["engine"] != new["engine"]:
             raise InputError(f"config: out {cfg.out} holds a campaign of engine {old['engine']}, not "
                              f"{new['engine']}: a campaign may not mix engines; use a new out directory")
-        for key in new:
-            if key not in RESUMABLE_WITH_OTHER and old.get(key) != new[key]:
-                raise InputError(f"config: out {cfg.out} holds a campaign with another {key} "
-                                 f"({old.get(key)!r} there, {new[key]!r} now); use a new out directory")
+        changed = [k for k in new if k not in RESUMABLE_WITH_OTHER and old.get(k) != new[k]]
+        if changed:
+            key = changed[0]
+            more = f" (and {', '.join(changed[1:])})" if len(changed) > 1 else ""
+            raise InputError(f"config: out {cfg.out} holds a campaign with another {key} "
+                             f"({shown(old.get(key))} there, {shown(new[key])} now){more}; use a new out directory")
+    check_shards_written_by(cfg)
     if lock is not None:
         lock.acquire()
     os.makedirs(os.path.join(cfg.out, SHARD_DIR), exist_ok=True)
@@ -296,6 +299,35 @@ def prepare_directory(cfg, lock=None):
             with open(tmp, "w") as fh:
                 fh.write(text)
     remove_stale_temporaries(cfg.out)
+
+
+def check_shards_written_by(cfg):
+    """Refuse to resume into ``cfg.out`` when a shard kept there (one with a record) was
+    written by another configuration than ``cfg`` (compared as :func:`shard_identity`
+    compares them, without the keys that may change between runs): ``campaign.yaml`` was
+    edited (or removed), or a shard copied in, since the shards were written. The
+    InputError names every key that differs and the first such shard. A shard that cannot
+    be read is left to the resume, which regenerates it."""
+    want = _campaign_keys(config_yaml(cfg))
+    for path in sorted(glob.glob(os.path.join(cfg.out, SHARD_DIR, "shard_*.json"))):
+        h5 = path[:-len(".json")] + ".h5"
+        try:
+            with h5py.File(h5, "r") as f:
+                stored = f.attrs.get("campaign_config")
+        except (OSError, KeyError):
+            continue
+        if isinstance(stored, bytes):
+            stored = stored.decode("utf-8", "replace")
+        got = _campaign_keys(stored) if isinstance(stored, str) else None
+        if got == want:
+            continue
+        got = got if isinstance(got, dict) else {}
+        diff = sorted(k for k in set(want) | set(got) if got.get(k) != want.get(k))
+        shown_keys = ", ".join(f"{k} {shown(got.get(k), 30)} -> {shown(want.get(k), 30)}" for k in diff[:4])
+        more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
+        raise InputError(f"config: out {cfg.out}: {os.path.basename(h5)} was written with another configuration "
+                         f"than the campaign's now ({shown_keys}{more}): {CONFIG_COPY} was edited since the "
+                         f"shards were written; restore it, or use a new out directory")
 
 
 def _read_manifest(root):

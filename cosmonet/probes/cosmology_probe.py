@@ -119,11 +119,14 @@ def probe_cosmology(predict, root, setup=None, split=None, max_boxes=None, refer
         ds.close()
         out.append({"label": label, "params": par, "n_boxes": rep["n_boxes"],
                     "displacement_error": rep["displacement_error"], "k": rep["k"],
-                    "density": rep["density"], "displacement": rep["displacement"]})
+                    "density": rep["density"], "displacement": rep["displacement"],
+                    "indices": rep["indices"], "shards": rep["shards"]})
     return {"probe": "cosmology", "units": {"k": UNITS["k"]}, "data": str(root), "split": split,
             "box_size": float(data.box_size), "nc": int(data.nc), "reference_params": ref_params,
             "cosmologies": out,
             "definitions": {"displacement_error": "<|psi_x - psi_fastpm|> / <|psi_fastpm|> over all particles",
                             "T": "P_x / P_fastpm (powers averaged over boxes)",
+                            "scatter": "T_x_scatter, r_x_scatter: std (ddof 1) over a cosmology's boxes of each "
+                                       "box's own T and r (two or more boxes)",
                             "r": "P_x,fastpm / sqrt(P_x P_fastpm)",
                             "density": "CIC density of particles at q + psi on the nc^3 mesh, window divided out"}}

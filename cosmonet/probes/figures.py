@@ -142,6 +142,10 @@ def plot_cosmology(report, out_dir):
                  fontsize=9)
     ax.legend(fontsize=8)
     paths.append(_save(fig, os.path.join(out_dir, "cosmology_error.png")))
+    ref = report.get("reference_params")
+    relative = ref is not None
+    ref_text = ("; labels relative to " + ", ".join(f"{k}={v:.4g}" for k, v in ref.items()
+                                                    if k in ("Omega_m", "sigma8", "A_s") and v is not None)) if ref else ""
     for q, ylabel, fname in (("T", r"$T(k) = P_x / P_{\rm FastPM}$", "cosmology_T.png"),
                              ("r", r"$r(k) = P_{x,\rm FastPM} / \sqrt{P_x P_{\rm FastPM}}$", "cosmology_r.png")):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -149,8 +153,12 @@ def plot_cosmology(report, out_dir):
             ax = axes[col]
             for i, c in enumerate(cos):
                 color = f"C{i % 10}"
-                ax.semilogx(c["k"], c[field][f"{q}_model"], "-", color=color, lw=1.8, label=c["label"])
+                ax.semilogx(c["k"], c[field][f"{q}_model"], "-", color=color, lw=1.8, label=_cosmology_legend(c, relative))
                 ax.semilogx(c["k"], c[field][f"{q}_lpt2"], "--", color=color, lw=1.0)
+                for m, alpha in (("model", 0.2), ("lpt2", 0.08)):      # the scatter over the boxes
+                    if f"{q}_{m}_scatter" in c[field]:
+                        y, dy = np.asarray(c[field][f"{q}_{m}"]), np.asarray(c[field][f"{q}_{m}_scatter"])
+                        ax.fill_between(c["k"], y - dy, y + dy, color=color, alpha=alpha, lw=0)
             ax.axhline(1, color="gray", lw=0.8)
             ax.set_xlabel(r"$k$ [$h\,\mathrm{Mpc}^{-1}$]")
             ax.set_ylabel(ylabel)
@@ -161,5 +169,21 @@ def plot_cosmology(report, out_dir):
         handles, labels = axes[0].get_legend_handles_labels()
         styles = [Line2D([], [], color="k", ls="-", lw=1.8), Line2D([], [], color="k", ls="--", lw=1.0)]
         axes[0].legend(handles + styles, labels + ["model (solid)", "2LPT (dashed)"], fontsize=7)
+        scatter = any(f"{q}_model_scatter" in c["density"] for c in cos)
+        fig.suptitle(f"cosmology probe, {q}(k) per cosmology of {report.get('data', '')}{ref_text}"
+                     + ("\nbands: scatter (std) over each cosmology's boxes" if scatter else ""), fontsize=9)
         paths.append(_save(fig, os.path.join(out_dir, fname)))
     return paths
+
+
+def _cosmology_legend(c, relative):
+    """Legend entry of a cosmology of the probe: its label ('A_s x 0.2', relative to the
+    training cosmology) or, without a reference, its Omega_m, sigma8 or A_s; then its number
+    of boxes and their shards ('A_s x 0.2: 2 boxes, shard 1')."""
+    from ..analysis.d3m_eval import _ranges
+    name = c["label"] if relative else ", ".join(
+        f"{k}={v:.4g}" for k, v in (c.get("params") or {}).items() if k in ("Omega_m", "sigma8", "A_s") and v is not None)
+    shards = [s for s in c.get("shards") or [] if s is not None]
+    where = f", shard{'s' if len(set(shards)) > 1 else ''} {_ranges(shards)}" if shards else ""
+    n = c.get("n_boxes")
+    return f"{name}: {n} box{'es' if n != 1 else ''}{where}"
