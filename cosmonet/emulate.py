@@ -42,7 +42,7 @@ def load_emulator(path, device="cpu"):
         raise InputError(f"checkpoint {path}: {fault}")
     if not isinstance(state.get("normalization"), dict):
         raise InputError(f"checkpoint {path}: has no normalisation record")
-    check_normalization(path, state["normalization"])
+    check_normalization(path, state["normalization"], sig.get("name"))
     model.to(device).eval()
     return model, state["normalization"], state
 
@@ -66,16 +66,28 @@ def weights_fault(model, weights):
     return None
 
 
-def check_normalization(path, norm):
-    """InputError unless the normalisation record's numbers are usable: ``scale`` a finite
-    number > 0, paramnet's ``ranges`` finite with lo < hi."""
+def check_normalization(path, norm, model_name=None):
+    """InputError unless the normalisation record is usable: ``scale`` a finite number > 0;
+    for paramnet ``params`` (names), ``subcube`` (integer >= 2) and ``ranges`` (finite,
+    lo < hi, one per parameter)."""
     import math
 
     def number(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-    if "scale" in norm and not (number(norm["scale"]) and norm["scale"] > 0):
+    if "scale" not in norm:
+        raise InputError(f"checkpoint {path}: its normalization record has no scale")
+    if not (number(norm["scale"]) and norm["scale"] > 0):
         raise InputError(f"checkpoint {path}: normalization scale is {norm['scale']!r}, expected a finite number > 0")
+    if model_name == "paramnet":
+        params, size = norm.get("params"), norm.get("subcube")
+        if not (isinstance(params, (list, tuple)) and params and all(isinstance(p, str) for p in params)):
+            raise InputError(f"checkpoint {path}: normalization params is {params!r}, expected a list of names")
+        if not (isinstance(size, int) and not isinstance(size, bool) and size >= 2):
+            raise InputError(f"checkpoint {path}: normalization subcube is {size!r}, expected an integer >= 2")
+        missing = [p for p in params if p not in (norm.get("ranges") or {})]
+        if missing:
+            raise InputError(f"checkpoint {path}: normalization ranges has no range for {missing[0]}")
     ranges = norm.get("ranges", {})
     if not isinstance(ranges, dict):
         raise InputError(f"checkpoint {path}: normalization ranges is {type(ranges).__name__}, expected a mapping")

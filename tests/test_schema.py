@@ -151,6 +151,8 @@ CASES = [
      EMULATE, ["complex"]),
     ("emulate checkpoint scale text", ckpt(lambda s: s["normalization"].update(scale="5")), EMULATE,
      ["normalization scale is '5'"]),
+    ("evaluate checkpoint without scale", ckpt(lambda s: s["normalization"].pop("scale")), EVALUATE,
+     ["unet.pt", "no scale"]),
 ]
 
 
