@@ -123,9 +123,10 @@ def _grid_sigma_warning(cfg):
                  f"run-sim --nc {cfg.nc} --box {cfg.box:g} --a-final {cfg.a_final:g}")
 
 
-def _open_linear_field(path, nc):
+def _open_linear_field(path, nc, check_values=True):
     """Memory-map a user's real-space delta_lin at a = 1 and check it: a ``.npy`` float
-    array of shape (nc, nc, nc). Raises :class:`InputError` with one line otherwise."""
+    array of shape (nc, nc, nc), with ``check_values`` every value finite (counted block by
+    block off the memory map). Raises :class:`InputError` with one line otherwise."""
     import numpy as np
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -136,8 +137,13 @@ def _open_linear_field(path, nc):
     if arr.shape != (nc, nc, nc):
         raise InputError(f"--linear-field {path}: shape {arr.shape}, expected ({nc}, {nc}, {nc}) "
                          "(real-space delta_lin at a = 1 on the nc^3 particle grid)")
-    if not np.issubdtype(arr.dtype, np.floating):
+    if not np.issubdtype(arr.dtype, np.floating) or arr.dtype.itemsize > 8:
         raise InputError(f"--linear-field {path}: dtype {arr.dtype}, expected a float array")
+    if check_values:
+        from .io.schema import count_nonfinite
+        bad = count_nonfinite(arr)
+        if bad:
+            raise InputError(f"--linear-field {path}: {bad} non-finite values (NaN or infinity) of {nc ** 3}")
     return arr
 
 
@@ -166,7 +172,7 @@ def cmd_run_sim(args):
     linear_field = None
     if args.linear_field is not None:
         _collective_check(comm, lambda: _open_linear_field(args.linear_field, cfg.nc))
-        linear_field = _open_linear_field(args.linear_field, cfg.nc)
+        linear_field = _open_linear_field(args.linear_field, cfg.nc, check_values=False)
     check_node_memory(comm, BASE + simulation_bytes(cfg.nc, cfg.force_nmesh) // comm.size,
                       gather_bytes(cfg.nc), f"run-sim --nc {cfg.nc} (force mesh {cfg.force_nmesh}^3)")
     if linear_field is None:            # the seeded field's rms on the grid (cosmonet/sim/sanity.py)
@@ -272,12 +278,12 @@ def _power(args, comm, attrs, row, nmesh):
     from .mesh import ParticleMesh
 
     from .io.simfile import read_positions
-    pos, _ = read_positions(args.sim, args.field, comm.rank, comm.size, row)
+    pos, _ = read_positions(args.sim, args.field, row=row, comm=comm)
     nc, box = int(attrs["nc"]), float(attrs["box_size"])
     pm = ParticleMesh(nmesh, box, comm, dtype=np.float64)
     a_k = density_k(pm, pos, nc ** 3, args.compensation)
     if args.second is not None:
-        pos2, _ = read_positions(args.sim, args.second, comm.rank, comm.size, row)
+        pos2, _ = read_positions(args.sim, args.second, row=row, comm=comm)
         b_k = density_k(pm, pos2, nc ** 3, args.compensation)
         res = cross_power(pm, a_k, b_k)
     else:
@@ -651,17 +657,19 @@ def _add_emulate(sub):
 
 
 def _emulate_input_shape(path):
-    """Shape of ``za/disp`` in ``path``; InputError naming what the file is otherwise."""
+    """Shape of ``za/disp`` in ``path`` after checking the file against the schema
+    (:mod:`cosmonet.io.schema`); InputError naming what the file is otherwise."""
+    from .io import schema
     from .io.simfile import open_sim_file
     with open_sim_file(path) as f:
+        if schema.is_shard(f):
+            index = f["params/index"]
+            n = f"{len(index)} simulations" if getattr(index, "ndim", 0) == 1 else "several simulations"
+            raise InputError(f"--input {path} is a campaign shard ({n}); emulate takes one run-sim file")
+        schema.check_sim_file(path, f, required=())
         if "za/disp" not in f:
             raise InputError(f"--input {path} has no za/disp: not a run-sim simulation file")
-        shape = f["za/disp"].shape
-    if len(shape) == 5:
-        raise InputError(f"--input {path} is a campaign shard ({shape[0]} simulations); emulate takes one run-sim file")
-    if len(shape) != 4 or shape[0] != 3 or len(set(shape[1:])) != 1:
-        raise InputError(f"--input {path}: za/disp has shape {shape}, expected (3, n, n, n)")
-    return shape
+        return schema.check_dataset(path, f, "za/disp", (3, None, None, None)).shape
 
 
 def cmd_emulate(args):

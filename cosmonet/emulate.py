@@ -30,14 +30,71 @@ def load_emulator(path, device="cpu"):
     sig = state["model_signature"]
     try:
         model = build_model(sig["name"], **sig.get("kwargs", {}))
-        model.load_state_dict(state["model"])
+        if not isinstance(state["model"], dict):
+            raise TypeError(f"its 'model' entry is {type(state['model']).__name__}, not a state dict")
+        fault = weights_fault(model, state["model"])
+        if fault is None:
+            model.load_state_dict(state["model"])
     except (ValueError, TypeError, KeyError, RuntimeError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"checkpoint {path}: its model cannot be rebuilt ({first})") from None
+    if fault is not None:
+        raise InputError(f"checkpoint {path}: {fault}")
     if not isinstance(state.get("normalization"), dict):
         raise InputError(f"checkpoint {path}: has no normalisation record")
+    check_normalization(path, state["normalization"], sig.get("name"))
     model.to(device).eval()
     return model, state["normalization"], state
+
+
+def weights_fault(model, weights):
+    """None, or what is wrong with the checkpoint's ``weights`` (a state dict) for ``model``:
+    data that loading would convert (integer, boolean or complex where the model holds
+    floating point; something that is not a tensor) or a NaN or an infinity."""
+    from .io.schema import count_nonfinite
+    own = model.state_dict()
+    for name, value in weights.items():
+        if name not in own:
+            continue                                   # load_state_dict names unexpected keys
+        if not isinstance(value, torch.Tensor):
+            return f"weight {name} is {type(value).__name__}, not a tensor"
+        if own[name].is_floating_point() and (not value.is_floating_point() or value.is_complex()):
+            return f"weight {name} holds {value.dtype} values, expected floating point"
+        bad = count_nonfinite(value) if value.is_floating_point() else 0
+        if bad:
+            return f"weight {name} has {bad} non-finite values (NaN or infinity)"
+    return None
+
+
+def check_normalization(path, norm, model_name=None):
+    """InputError unless the normalisation record is usable: ``scale`` a finite number > 0;
+    for paramnet ``params`` (names), ``subcube`` (integer >= 2) and ``ranges`` (finite,
+    lo < hi, one per parameter)."""
+    import math
+
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if "scale" not in norm:
+        raise InputError(f"checkpoint {path}: its normalization record has no scale")
+    if not (number(norm["scale"]) and norm["scale"] > 0):
+        raise InputError(f"checkpoint {path}: normalization scale is {norm['scale']!r}, expected a finite number > 0")
+    if model_name == "paramnet":
+        params, size = norm.get("params"), norm.get("subcube")
+        if not (isinstance(params, (list, tuple)) and params and all(isinstance(p, str) for p in params)):
+            raise InputError(f"checkpoint {path}: normalization params is {params!r}, expected a list of names")
+        if not (isinstance(size, int) and not isinstance(size, bool) and size >= 2):
+            raise InputError(f"checkpoint {path}: normalization subcube is {size!r}, expected an integer >= 2")
+        missing = [p for p in params if p not in (norm.get("ranges") or {})]
+        if missing:
+            raise InputError(f"checkpoint {path}: normalization ranges has no range for {missing[0]}")
+    ranges = norm.get("ranges", {})
+    if not isinstance(ranges, dict):
+        raise InputError(f"checkpoint {path}: normalization ranges is {type(ranges).__name__}, expected a mapping")
+    for name, r in ranges.items():
+        if not (isinstance(r, (list, tuple)) and len(r) == 2 and all(number(v) for v in r) and r[0] < r[1]):
+            raise InputError(f"checkpoint {path}: normalization range of {name} is {r!r}, expected [lo, hi], "
+                             f"finite, lo < hi")
 
 
 #: relative difference beyond which an input's setting counts as outside the training set-up

@@ -113,9 +113,14 @@ def test_staging_decision():
 
 
 @pytest.mark.parametrize("staging", ["device", "loader"])
-def test_device_flag_stops_on_nan_keeping_last_good_checkpoint(campaign, tmp_path, staging):
+def test_device_flag_stops_on_nan_keeping_last_good_checkpoint(campaign, tmp_path, staging, monkeypatch):
+    """The device flag is the second line of defence: with the check before the first step
+    switched off (cosmonet/train/datacheck.py refuses such a shard with exit 2), a NaN
+    that reaches a batch stops the run at that step."""
+    from cosmonet.train import datacheck
     from cosmonet.train.checkpoint import latest_checkpoint, load_checkpoint
     from cosmonet.train.loop import TrainingError
+    monkeypatch.setattr(datacheck, "check_splits_finite", lambda splits, backend: 0.0)
     bad = tmp_path / "bad"
     shutil.copytree(campaign, bad)
     with h5py.File(bad / "shards" / "shard_000001.h5", "r+") as f:   # simulations 4-7 (train)

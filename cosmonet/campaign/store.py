@@ -432,14 +432,40 @@ def shard_identity(root, shard, cfg, specs, want_config):
     return None
 
 
+def shard_contents(root, shard, cfg):
+    """None when shard ``shard`` of ``root`` keeps the schema (:mod:`cosmonet.io.schema`:
+    attributes, params table, the dtype and shape of every field of ``cfg.fields``, ``nc``
+    and ``box_size`` of the campaign) and its fields hold no NaN or infinity; else what is
+    wrong, in words. Reads the fields block by block (16 MiB at a time)."""
+    from ..io import schema
+    path = shard_path(root, shard)
+    try:
+        with h5py.File(path, "r") as f:
+            attrs, _ = schema.check_shard_file(path, f, cfg.fields)
+            if attrs["nc"] != cfg.nc or not np.isclose(attrs["box_size"], cfg.box):
+                return (f"it has nc={attrs['nc']}, box_size={attrs['box_size']:g}, not the campaign's nc={cfg.nc}, "
+                        f"box={cfg.box:g}")
+            for name in cfg.fields:
+                bad = schema.count_nonfinite(f[name])
+                if bad:
+                    return schema.nonfinite_message("", name, bad).lstrip(": ")
+    except InputError as exc:
+        return str(exc).replace(path + ": ", "", 1).replace(path, "it")
+    except OSError as exc:
+        return f"it cannot be read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    return None
+
+
 def verify_campaign(root):
     """Check a campaign directory against its records, its manifest and its plan.
 
     Returns a report: {"ok", "n_sims", "present", "n_shards", "missing", "corrupt",
-    "duplicates", "unrecorded", "manifest", "foreign", "manifest_mismatch", "problems"}:
+    "duplicates", "unrecorded", "manifest", "foreign", "manifest_mismatch", "invalid", "problems"}:
     ``corrupt`` shards do not match their record (size, SHA-256, indices); ``foreign``
     shards are whole but not this campaign's (configuration, indices, seeds or cosmology
-    differ from DIR/campaign.yaml and its plan); ``manifest_mismatch`` shards have a record
+    differ from DIR/campaign.yaml and its plan); ``invalid`` shards match their record but
+    break the schema of docs/data-format.md (dtype, shape, attributes) or hold a NaN or an
+    infinity (:func:`shard_contents`); ``manifest_mismatch`` shards have a record
     whose SHA-256 or size is not the manifest's; ``manifest`` is False when manifest.json is
     missing or unreadable; ``problems`` says each in words.
     """
@@ -448,7 +474,7 @@ def verify_campaign(root):
     specs = plan(cfg)
     want_config = _campaign_keys(config_yaml(cfg))
     manifest, manifest_error = _read_manifest(root)
-    missing, corrupt, foreign, mismatch, seen, problems = [], [], [], [], {}, []
+    missing, corrupt, foreign, mismatch, invalid, seen, problems = [], [], [], [], [], {}, []
     for s in range(cfg.n_shards):
         record = read_record(root, s)
         st = check_shard(root, s, cfg, record)
@@ -457,6 +483,11 @@ def verify_campaign(root):
             continue
         if st == "corrupt":
             corrupt.append(s)
+            continue
+        why = shard_contents(root, s, cfg)
+        if why is not None:
+            invalid.append(s)
+            problems.append(f"shard {s} ({shard_path(root, s)}): {why}")
             continue
         why = shard_identity(root, s, cfg, specs, want_config)
         if why is not None:
@@ -479,9 +510,9 @@ def verify_campaign(root):
     if manifest_error:
         problems.append(manifest_error)
     complete = len(seen) == cfg.n_sims
-    ok = (not (missing or corrupt or duplicates or unrecorded or foreign or mismatch) and complete
+    ok = (not (missing or corrupt or duplicates or unrecorded or foreign or mismatch or invalid) and complete
           and manifest is not None)
     return {"ok": ok, "n_sims": cfg.n_sims, "present": len(seen), "n_shards": cfg.n_shards,
             "missing": missing, "corrupt": corrupt, "duplicates": duplicates, "unrecorded": unrecorded,
-            "manifest": manifest is not None, "foreign": foreign, "manifest_mismatch": mismatch,
+            "manifest": manifest is not None, "foreign": foreign, "manifest_mismatch": mismatch, "invalid": invalid,
             "problems": problems}

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..io import schema
 from ..campaign import store as shardio
 from ..campaign.config import FIELD_NAMES
 from .augment import call_transform, sample_rng, vector_flags
@@ -86,7 +87,9 @@ def _shard_of(cfg, root, records, sel):
 
 
 def _read_shard(path, where, fields):
-    """Check a shard's fields and read its attributes and params table (file closed again)."""
+    """Check a shard against the schema (:mod:`cosmonet.io.schema`: attributes, the params
+    table, the dtype and shape of every field) and read its attributes and params table
+    (file closed again)."""
     if not os.path.exists(path):
         _fail(f"shard file {path} is missing (listed in {where})")
     try:
@@ -95,21 +98,14 @@ def _read_shard(path, where, fields):
         _fail(f"{path} is not a readable HDF5 shard")
     with fh:
         for name in fields:
-            ds = fh.get(name)
-            if not isinstance(ds, h5py.Dataset):
+            if not isinstance(fh.get(name), h5py.Dataset):
                 have = _present_fields(fh)
                 _fail(f"field {name!r} is not in {path} (it has: {', '.join(have) or 'no fields'})")
-            if ds.ndim != 5:
-                _fail(f"field {name!r} in {path} has shape {ds.shape}, expected (n, C, n, n, n)")
-        try:
-            nc, box = int(fh.attrs["nc"]), float(fh.attrs["box_size"])
-            table = fh["params"]
-            return {"path": path, "nc": nc, "box": box,
-                    "index": table["index"][...], "seed": table["seed"][...], "split": table["split"][...],
-                    "cosmo": {c: table[c][...] for c in shardio.PARAM_COLUMNS if c in table},
-                    "shapes": {name: tuple(fh[name].shape[1:]) for name in fields}}
-        except KeyError as exc:
-            _fail(f"{path} is not a campaign shard (no {exc.args[0] if exc.args else 'params'})")
+        attrs, table = schema.check_shard_file(path, fh, fields)
+        return {"path": path, "nc": attrs["nc"], "box": float(attrs["box_size"]),
+                "index": table["index"], "seed": table["seed"], "split": table["split"],
+                "cosmo": {c: table[c] for c in shardio.PARAM_COLUMNS if c in table},
+                "shapes": {name: tuple(fh[name].shape[1:]) for name in fields}}
 
 
 def _check_alike(first, table, fields):
@@ -154,6 +150,10 @@ class ShardDataset(torch.utils.data.Dataset):
         any epoch with :meth:`sample` (what :class:`EpochItems` does for training). When
         None, ``rng`` is None and the transform uses its own generator.
     max_open_files: h5py handles kept open per process.
+    check_finite: every read refuses a NaN or an infinity (InputError naming the shard, the
+        field, the simulation and the count). The trainer turns it off: it checks its splits
+        once before the first step (:mod:`cosmonet.train.datacheck`) and flags non-finite
+        batches on the device.
 
     Raises :class:`~cosmonet.errors.InputError` (one line naming the file) for a directory
     that is not a campaign, a missing shard, a field not in a shard, mismatched shards, an
@@ -161,7 +161,7 @@ class ShardDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root, split="train", fields=("za/disp", "fastpm/disp"), indices=None,
-                 transform=None, seed=None, max_open_files=8):
+                 transform=None, seed=None, max_open_files=8, check_finite=True):
         root = os.fspath(root)
         self.root = root
         self.config = shardio.read_config(root)
@@ -189,6 +189,7 @@ class ShardDataset(torch.utils.data.Dataset):
         self._info = [info_of[i] for i in sel]
         self.transform = transform
         self.seed = seed
+        self.check_finite = bool(check_finite)
         self.epoch = 0
         self.max_open_files = max(1, int(max_open_files))
         self._handles = OrderedDict()       # path -> h5py.File, opened by process self._pid
@@ -258,21 +259,50 @@ class ShardDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {i} out of range for a dataset of {n} simulations")
         return i % n
 
+    def _checked(self, i, path, k, name, data):
+        """``data`` (part of field ``name`` of item ``i``, row ``k`` of ``path``) as float32;
+        InputError naming the file, the field, the simulation and the count when it holds a
+        NaN or an infinity."""
+        bad = schema.count_nonfinite(data) if self.check_finite else 0
+        if bad:
+            raise InputError(schema.nonfinite_message(path, name, bad, f"of simulation {self._info[i]['index']}"))
+        return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+
+    def _get(self, path, name, sel):
+        try:
+            return self._file(path)[name][sel]
+        except OSError as exc:
+            raise InputError(f"{path}: {name} cannot be read ({str(exc).splitlines()[0] if str(exc) else 'I/O error'})") from None
+
     def read(self, i):
-        """The raw fields of item ``i`` (no transform), a tuple of float32 tensors."""
-        path, k = self._locs[self._item(i)]
-        f = self._file(path)
-        return tuple(torch.from_numpy(np.ascontiguousarray(f[name][k], dtype=np.float32))
-                     for name in self.fields)
+        """The raw fields of item ``i`` (no transform), a tuple of float32 tensors; a NaN or an
+        infinity is refused (InputError naming the shard, the field and the count)."""
+        i = self._item(i)
+        path, k = self._locs[i]
+        return tuple(self._checked(i, path, k, name, self._get(path, name, k)) for name in self.fields)
 
     def read_region(self, i, name, region):
         """Part of field ``name`` of item ``i``: ``region`` is a tuple of slices over the
-        field's (C, n, n, n) axes; only that part is read from disk. A float32 tensor."""
-        path, k = self._locs[self._item(i)]
+        field's (C, n, n, n) axes; only that part is read from disk. A float32 tensor (a NaN
+        or an infinity in it is refused as in :meth:`read`)."""
+        i = self._item(i)
+        path, k = self._locs[i]
         if name not in self.fields:
             raise KeyError(f"field {name!r} was not selected (fields: {', '.join(self.fields)})")
-        return torch.from_numpy(np.ascontiguousarray(self._file(path)[name][(k,) + tuple(region)],
-                                                     dtype=np.float32))
+        return self._checked(i, path, k, name, self._get(path, name, (k,) + tuple(region)))
+
+    def count_nonfinite(self, i):
+        """{field: number of NaN and infinite values} of item ``i``, read block by block."""
+        i = self._item(i)
+        path, k = self._locs[i]
+        f = self._file(path)
+        out = {}
+        for name in self.fields:
+            try:
+                out[name] = schema.count_nonfinite(_Row(f[name], k))
+            except OSError as exc:
+                raise InputError(f"{path}: {name} cannot be read ({str(exc).splitlines()[0] if str(exc) else 'I/O error'})") from None
+        return out
 
     def rng(self, i, epoch=None):
         """The generator passed to the transform for item ``i`` in ``epoch`` (default: the
@@ -323,6 +353,18 @@ class EpochItems(torch.utils.data.Dataset):
     def __getitem__(self, item):
         epoch, i = divmod(int(item), len(self.dataset))
         return tuple(self.dataset.sample(i, epoch)) + (i,)
+
+
+class _Row:
+    """Row ``k`` of an h5py dataset as an array-like that reads only what is sliced."""
+
+    def __init__(self, ds, k):
+        self.ds, self.k = ds, k
+        self.dtype, self.shape = ds.dtype, tuple(ds.shape[1:])
+
+    def __getitem__(self, sel):
+        sel = sel if isinstance(sel, tuple) else (sel,)
+        return self.ds[(self.k,) + sel]
 
 
 def _present_fields(fh):

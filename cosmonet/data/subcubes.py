@@ -65,17 +65,18 @@ class SubcubeDataset(torch.utils.data.Dataset):
     ranges: {name: (lo, hi)} for the unit scaling (default: see the module docstring).
     augment, seed: random cube symmetry per (seed, epoch, sub-cube).
     max_boxes: keep only the split's first ``max_boxes`` simulations.
+    check_finite: reads refuse a NaN or an infinity (see :class:`ShardDataset`).
     """
 
     def __init__(self, root, split, size, params=("Omega_m", "sigma8"), scale=1.0, ranges=None,
-                 augment=False, seed=0, max_boxes=None):
-        self.base = ShardDataset(root, split=split, fields=("density",))
+                 augment=False, seed=0, max_boxes=None, check_finite=True):
+        self.base = ShardDataset(root, split=split, fields=("density",), check_finite=check_finite)
         if max_boxes is not None:
             if max_boxes < 1:
                 raise InputError(f"the number of boxes must be >= 1 (got {max_boxes})")
             if max_boxes < len(self.base):       # the first max_boxes simulations of the split
                 first = [self.base.sample_info(i)["index"] for i in range(max_boxes)]
-                self.base = ShardDataset(root, fields=("density",), indices=first)
+                self.base = ShardDataset(root, fields=("density",), indices=first, check_finite=check_finite)
         nmesh = self.base.field_shapes["density"][-1]
         self.size = check_subcube(size, nmesh)
         self.per_side = nmesh // self.size

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import InputError
+from . import schema
 from .atomic import atomic_path
 
 FIELD_UNITS = {"disp": "Mpc/h", "vel": "km/s"}
@@ -59,9 +60,14 @@ def lagrangian_grid(nc, box, rows=slice(None)):
 
 
 def read_field(path, name):
-    """A (3, nc, nc, nc) float32 dataset, e.g. ``read_field(p, "fastpm/disp")``."""
-    with h5py.File(path, "r") as f:
-        return f[name][...]
+    """A (3, nc, nc, nc) floating-point dataset of a run-sim file, e.g.
+    ``read_field(p, "fastpm/disp")``, checked against the schema and for non-finite values."""
+    with open_sim_file(path) as f:
+        attrs = schema.check_sim_file(path, f)
+        nc = attrs["nc"]
+        data = schema.check_dataset(path, f, name, (3, nc, nc, nc))[...]
+    schema.require_finite(data, path, name)
+    return data
 
 
 def open_sim_file(path):
@@ -76,78 +82,97 @@ def open_sim_file(path):
 def describe_sim_file(path, index=None):
     """What ``path`` is: (attrs, row), row None for a run-sim file or the position of
     simulation ``index`` in a campaign shard (whose parameters are added to attrs).
-    Raises InputError (one line) for anything else, and for a shard without ``index``."""
+    The file is checked against the schema (:mod:`cosmonet.io.schema`: attributes, every
+    field's dtype and shape, the params table). Raises InputError (one line) for anything
+    else, and for a shard without ``index``."""
     with open_sim_file(path) as f:
-        attrs = plain_attrs(f.attrs)
-        missing = [k for k in ("nc", "box_size") if k not in attrs]
-        if missing:
-            raise InputError(f"{path} is not a cosmonet simulation file or campaign shard "
-                             f"(no '{missing[0]}' attribute)")
-        nc = int(attrs["nc"])
-        if not ("params" in f and "index" in f["params"]):
+        if not schema.is_shard(f):
             if index is not None:
+                schema.check_attrs(path, f.attrs, schema.SIM_ATTRS)
+                if "params" in f:
+                    raise InputError(f"--index {index}: {path} has no params/index dataset (a damaged campaign shard?)")
                 raise InputError(f"--index {index}: {path} is a single simulation (run-sim), not a campaign shard")
-            return attrs, None
-        held = [int(i) for i in f["params/index"][...]]
-        if index is None:
-            raise InputError(f"{path} is a campaign shard of {len(held)} simulations (indices {held[0]}.."
-                             f"{held[-1]}, {nc}^3 particles each): choose one with --index")
-        if index not in held:
-            raise InputError(f"--index {index} is not in {path} (it holds simulations {held[0]}..{held[-1]})")
-        row = held.index(index)
-        for col in f["params"]:
-            if col not in ("index", "seed", "split", "done"):
-                v = float(f["params"][col][row])
-                if v == v:                      # NaN: the parameter was not set (A_s or sigma8)
-                    attrs[col] = v
-        return attrs, row
+            return schema.check_sim_file(path, f), None
+        attrs, table = schema.check_shard_file(path, f)
+    nc = attrs["nc"]
+    held = [int(i) for i in table["index"]]
+    if index is None:
+        raise InputError(f"{path} is a campaign shard of {len(held)} simulations (indices {held[0]}.."
+                         f"{held[-1]}, {nc}^3 particles each): choose one with --index")
+    if index not in held:
+        raise InputError(f"--index {index} is not in {path} (it holds simulations {held[0]}..{held[-1]})")
+    row = held.index(index)
+    for col in schema.PARAM_COLUMNS:
+        if col in table:
+            v = float(table[col][row])
+            if v == v:                      # NaN: the parameter was not set (A_s or sigma8)
+                attrs[col] = v
+    return attrs, row
 
 
-def read_positions(path, name, rank=0, size=1, row=None):
+def read_positions(path, name, rank=0, size=1, row=None, comm=None):
     """Particle positions q + displacement of field ``name`` ("za", "lpt2", "fastpm") of a
     simulation file (or of simulation ``row`` of a campaign shard): the rows of process
     ``rank`` of ``size`` (planes of i split evenly), (n, 3) float64 in Mpc/h wrapped into
     [0, box), and the file's attributes (plain dict). Raises InputError (one line) for a
-    file that is not a simulation file, lacks the field or has another shape."""
+    file that is not a simulation file, lacks the field, breaks the schema (dtype, shape,
+    attributes) or holds a NaN or infinity in the field. With ``comm`` (rank and size taken
+    from it) the call is collective: every rank raises the same error, with the count of
+    non-finite values over all ranks."""
+    if comm is not None:
+        rank, size = comm.rank, comm.size
+    key = f"{name}/disp"
+    error, bad = None, 0
     with open_sim_file(path) as f:
-        key = f"{name}/disp"
         if key not in f:
             raise InputError(f"{path} has no field '{name}' (has: "
                              f"{', '.join(sorted(k for k in f.keys() if f'{k}/disp' in f))})")
-        attrs = plain_attrs(f.attrs)
-        missing = [k for k in ("nc", "box_size") if k not in attrs]
-        if missing:
-            raise InputError(f"{path} is not a cosmonet simulation file (no '{missing[0]}' attribute)")
-        nc, box = int(attrs["nc"]), float(attrs["box_size"])
-        want = (3, nc, nc, nc) if row is None else (f[key].shape[0], 3, nc, nc, nc)
-        if f[key].shape != want:
-            raise InputError(f"{path}: {key} has shape {f[key].shape}, expected {want}")
+        spec = schema.SHARD_ATTRS if row is not None else schema.SIM_ATTRS
+        attrs = schema.check_attrs(path, f.attrs, spec)
+        nc, box = attrs["nc"], float(attrs["box_size"])
+        shape = (3, nc, nc, nc) if row is None else (None, 3, nc, nc, nc)
+        ds = schema.check_dataset(path, f, key, shape)
         rows = np.array_split(np.arange(nc), size)[rank]
         lo, hi = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 0)
-        disp = (f[key][:, lo:hi] if row is None else f[key][row, :, lo:hi]).astype(np.float64)
+        try:
+            disp = ds[:, lo:hi] if row is None else ds[row, :, lo:hi]
+        except OSError as exc:
+            disp, error = None, f"{path}: {key} cannot be read ({str(exc).splitlines()[0] if str(exc) else 'I/O error'})"
+    if disp is not None:
+        bad = schema.count_nonfinite(disp)
+    if comm is not None:
+        gathered = comm.allgather((error, bad))
+        error = next((e for e, _ in gathered if e), None)
+        bad = sum(b for _, b in gathered)
+    if error:
+        raise InputError(error)
+    if bad:
+        what = "" if row is None else f"of row {row}"
+        raise InputError(schema.nonfinite_message(path, key, bad, what) + "; power refuses it")
     q = lagrangian_grid(nc, box, slice(lo, hi))
-    pos = np.mod(q + disp, box).reshape(3, -1).T
+    pos = np.mod(q + disp.astype(np.float64), box).reshape(3, -1).T
     return pos, attrs
+
 
 def read_displacements(path):
     """The displacements of a run-sim file for emulation: (za/disp, root attributes, {name:
-    disp} of lpt2 and fastpm where present), float32 arrays (3, n, n, n) in Mpc/h."""
-    try:
-        with open_sim_file(path) as f:
-            disp = f["za/disp"][...]
-            attrs = dict(f.attrs)
-            others = {name: f[f"{name}/disp"][...] for name in ("lpt2", "fastpm") if f"{name}/disp" in f}
-    except KeyError as exc:
-        raise InputError(f"{path}: cannot read za/disp ({exc})") from None
-    for name, field in (("za", disp), *others.items()):
-        if not np.issubdtype(field.dtype, np.floating):
-            raise InputError(f"{path}: {name}/disp holds {field.dtype} values, not floating point displacements")
-        bad = int(np.count_nonzero(~np.isfinite(field)))
+    disp} of lpt2 and fastpm where present), float32 arrays (3, n, n, n) in Mpc/h. The file
+    is checked against the schema (``nc`` and ``box_size`` optional here; the fields of
+    shape (3, n, n, n)) and every field read for NaN and infinity."""
+    with open_sim_file(path) as f:
+        if schema.is_shard(f):
+            raise InputError(f"{path} is a campaign shard; emulate takes one run-sim file")
+        schema.check_sim_file(path, f, required=())
+        if "za/disp" not in f:
+            raise InputError(f"{path} has no za/disp: not a run-sim simulation file")
+        attrs = dict(f.attrs)
+        fields = {name: f[f"{name}/disp"][...] for name in ("za", "lpt2", "fastpm") if f"{name}/disp" in f}
+    for name, field in fields.items():
+        bad = schema.count_nonfinite(field)
         if bad:
-            raise InputError(f"{path}: {name}/disp has {bad} non-finite values (NaN or infinity); emulate refuses it")
-    return disp, attrs, others
-
-
+            raise InputError(schema.nonfinite_message(path, f"{name}/disp", bad) + "; emulate refuses it")
+    disp = fields.pop("za")
+    return disp, attrs, fields
 def write_emulated(path, emulated, source_attrs, displacements, checkpoint, source):
     """The file of ``cosmonet emulate``: the source's root attributes plus ``checkpoint`` and
     ``emulated_from`` (absolute paths), ``emulated/disp`` and the source's own

@@ -59,7 +59,7 @@ def build_param_datasets(cfg):
     d, seed = cfg["data"], cfg["train"]["seed"]
     if d["input"] != "density":
         raise InputError(f"train config: parameter inference reads data.input: density (got {d['input']!r})")
-    kw = dict(size=d["subcube"], params=d["params"], scale=d["scale"])
+    kw = dict(size=d["subcube"], params=d["params"], scale=d["scale"], check_finite=False)   # train checks first
     train = SubcubeDataset(d["root"], d["train_split"], augment=d["augment"], seed=seed, **kw)
     val = None
     if d["val_split"]:
@@ -80,11 +80,14 @@ def build_datasets(cfg):
     fields = (d["input"], d["target"])
     norm = FieldNormalizer({name: d["scale"] for name in fields})
     augment = Compose(RandomCubeSymmetry.for_fields(fields), norm) if d["augment"] else norm
-    train = ShardDataset(d["root"], split=d["train_split"], fields=fields, transform=augment, seed=seed)
+    # the splits are checked for NaN and infinity before the first step (_check_data), not per read
+    train = ShardDataset(d["root"], split=d["train_split"], fields=fields, transform=augment, seed=seed,
+                         check_finite=False)
     val = None
     if d["val_split"]:
         try:
-            val = ShardDataset(d["root"], split=d["val_split"], fields=fields, transform=norm, seed=seed)
+            val = ShardDataset(d["root"], split=d["val_split"], fields=fields, transform=norm, seed=seed,
+                               check_finite=False)
         except InputError as exc:
             val = exc                     # build_task keeps why; train says it in one line
     return train, val
@@ -629,9 +632,23 @@ def _lock_run(out, backend):
     return lock
 
 
+def _check_data(cfg, task, backend):
+    """Refuse (InputError on every rank) a split that the run reads and that holds a NaN or
+    an infinity, before the first step (:mod:`cosmonet.train.datacheck`)."""
+    from .datacheck import check_splits_finite
+    d = cfg["data"]
+    splits = [] if d["source"] == "generate" else [(d["train_split"], task.train_set)]
+    if task.val_set is not None:
+        splits.append((d["val_split"], task.val_set))
+    seconds = check_splits_finite(splits, backend)
+    if seconds > 5:
+        _say(backend, f"train: the data hold no NaN or infinity (checked in {seconds:.0f} s)")
+
+
 def _train(cfg, resume, backend, log_stream, clock):
     t_cfg, out = cfg["train"], cfg["out"]
     task = build_task(cfg, backend.device)
+    _check_data(cfg, task, backend)
     sampler = _sampler(cfg, len(task.train_set), backend)
     total_steps = sampler.batches_per_epoch * t_cfg["epochs"]
     optimizer, scheduler, lr, budget = build_optimizer(t_cfg, task.model, sampler.global_batch, total_steps)
