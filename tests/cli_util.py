@@ -1,4 +1,6 @@
 """Assertions on finished ``cosmonet`` subprocesses, shared by the command-line tests."""
+import hashlib
+import os
 
 
 def describe(proc):
@@ -15,3 +17,20 @@ def assert_clean_error(proc, *needles):
     for needle in needles:
         assert needle in lines[0], f"{needle!r} not named in the error line\n{describe(proc)}"
     assert proc.stdout.strip() == "", describe(proc)
+
+
+def file_tree(root):
+    """{relative path: sha256 (files) or 'dir' / 'link -> target'} of everything under root."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            rel = os.path.relpath(p, root)
+            if os.path.islink(p):
+                out[rel] = "link -> " + os.readlink(p)
+            elif os.path.isdir(p):
+                out[rel] = "dir"
+            else:
+                with open(p, "rb") as fh:
+                    out[rel] = hashlib.sha256(fh.read()).hexdigest()
+    return out

@@ -8,7 +8,6 @@ shard's record and the manifest so that ``verify`` sees a shard whose hash match
 writer that wrote bad data), not a corrupt one.
 """
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -16,7 +15,6 @@ import shutil
 import subprocess
 import warnings
 
-import h5py
 import numpy as np
 
 TRAIN_YAML = """\
@@ -59,21 +57,6 @@ def make_world(d):
     torch.save({"model": model.state_dict(), "model_signature": model_signature(model), "step": 1,
                 "normalization": {"scale": 5.0}, "config": {}}, w["ckpt"])
     return w
-
-
-def tree(root):
-    """{relative path: sha256 or 'dir'} of everything under ``root``."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            rel = os.path.relpath(p, root)
-            if os.path.isdir(p):
-                out[rel] = "dir"
-            else:
-                with open(p, "rb") as fh:
-                    out[rel] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 def copy_inputs(world, dest):

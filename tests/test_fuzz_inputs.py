@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cli_util import assert_clean_error, describe
-from damage_util import cli, copy_inputs, make_world, rehash_shard, retype, tree, truncate
+from cli_util import assert_clean_error, describe, file_tree
+from damage_util import cli, copy_inputs, make_world, rehash_shard, retype, truncate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -153,9 +153,9 @@ def _check_outcome(proc, before, d, inputs, allowed=(0, 2)):
     assert "Traceback" not in proc.stderr and proc.returncode in allowed, describe(proc)
     if proc.returncode == 2:
         assert_clean_error(proc)
-        assert tree(d) == before, f"an input changed or an output was left behind\n{describe(proc)}"
+        assert file_tree(d) == before, f"an input changed or an output was left behind\n{describe(proc)}"
     else:
-        now = tree(d)
+        now = file_tree(d)
         assert {k: v for k, v in now.items() if k in before and k.startswith(inputs)} == \
             {k: v for k, v in before.items() if k.startswith(inputs)}, f"an input changed\n{describe(proc)}"
 
@@ -180,7 +180,7 @@ def test_fuzzed_simulation_file(world, damages, command):
         c = copy_inputs(world, d / "in")
         (d / "out").mkdir()
         _apply(c["sim"], damages, leading=False)
-        before = tree(d)
+        before = file_tree(d)
         if command == "emulate":
             proc = cli(["emulate", "--checkpoint", c["ckpt"], "--input", c["sim"], "--out", d / "out" / "e.h5"])
         else:
@@ -212,7 +212,7 @@ def test_fuzzed_shard(world, damages, rehash, command):
         _apply(c["shard"], damages, leading=True)
         if rehash:
             rehash_shard(c["campaign"])
-        before = tree(d)
+        before = file_tree(d)
         if command == "verify":
             proc = cli(["verify", c["campaign"]])
         elif command == "train":
@@ -288,7 +288,7 @@ def test_fuzzed_checkpoint(world, kind, detail, command):
                 detail = (math.nan,) + detail[1:]
             _damage_checkpoint(state, kind, detail)
             torch.save(state, c["ckpt"])
-        before = tree(d)
+        before = file_tree(d)
         if command == "emulate":
             proc = cli(["emulate", "--checkpoint", c["ckpt"], "--input", c["sim"], "--out", d / "out" / "e.h5"])
         else:

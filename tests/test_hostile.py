@@ -10,7 +10,6 @@ traceback would), which saves the interpreter and torch start-up of a subprocess
 The inputs are made once per module and are tiny (8^3 particles, a 2-simulation campaign,
 U-Nets of 2-4 channels).
 """
-import hashlib
 import os
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from cli_util import assert_clean_error, describe
+from cli_util import assert_clean_error, describe, file_tree
 from mpi_util import cosmonet_exe, mpi_env
 
 CAMPAIGN_YAML = """\
@@ -111,23 +110,6 @@ def world(tmp_path_factory):
                               "ranges": {"Omega_m": [0.2, 0.4], "sigma8": [0.7, 0.9]}},
           {"data": {"root": str(w["campaign"]), "input": "density", "target": "params"}})
     return w
-
-
-def _tree(root):
-    """{relative path: sha256 (files) or 'dir' / 'link -> target'} of everything under root."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            rel = os.path.relpath(p, root)
-            if os.path.islink(p):
-                out[rel] = "link -> " + os.readlink(p)
-            elif os.path.isdir(p):
-                out[rel] = "dir"
-            else:
-                with open(p, "rb") as fh:
-                    out[rel] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 # (id, argv with {placeholders}: world paths and {w} = the case's own empty directory, needle)
@@ -279,11 +261,11 @@ def test_hostile_input_is_refused_cleanly(world, tmp_path, name, argv, needle):
     case.mkdir()
     paths = {k: str(v) for k, v in world.items()}
     args = [a.format(w=case, **paths) for a in argv]
-    before, before_case = _tree(world["d"]), _tree(case)
+    before, before_case = file_tree(world["d"]), file_tree(case)
     proc = _run(args) if name in END_TO_END else _run_in_process(args)
     assert_clean_error(proc, needle)
-    assert _tree(world["d"]) == before, f"an input changed\n{describe(proc)}"
-    assert _tree(case) == before_case, f"output left behind: {sorted(_tree(case))}\n{describe(proc)}"
+    assert file_tree(world["d"]) == before, f"an input changed\n{describe(proc)}"
+    assert file_tree(case) == before_case, f"output left behind: {sorted(file_tree(case))}\n{describe(proc)}"
 
 
 def test_case_table_covers_every_command():

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from mpi4py import MPI
 
-from cli_util import assert_clean_error, describe
-from test_hostile import _run, _run_in_process, _tree
+from cli_util import assert_clean_error, describe, file_tree
+from test_hostile import _run, _run_in_process
 
 CAMPAIGN_YAML = """\
 n_sims: 2
@@ -131,12 +131,12 @@ def test_hostile_config_is_refused_cleanly(world, tmp_path, name, argv, needles)
     case.mkdir()
     paths = {k: str(v) for k, v in world.items()}
     args = [a if len(a) > 10_000 else a.format(w=case, **paths) for a in argv]
-    before, before_case = _tree(world["d"]), _tree(case)
+    before, before_case = file_tree(world["d"]), file_tree(case)
     proc = _run(args) if name in END_TO_END else _run_in_process(args)
     assert_clean_error(proc, *needles)
     assert len(proc.stderr.strip()) <= MAX_LINE, f"{len(proc.stderr)} characters\n{proc.stderr[:2000]}"
-    assert _tree(world["d"]) == before, f"an input changed\n{describe(proc)}"
-    assert _tree(case) == before_case, f"output left behind: {sorted(_tree(case))}\n{describe(proc)}"
+    assert file_tree(world["d"]) == before, f"an input changed\n{describe(proc)}"
+    assert file_tree(case) == before_case, f"output left behind: {sorted(file_tree(case))}\n{describe(proc)}"
 
 
 def test_a_config_that_is_unchanged_resumes(world):

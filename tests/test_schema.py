@@ -14,8 +14,8 @@ import h5py
 import numpy as np
 import pytest
 
-from cli_util import assert_clean_error, describe
-from damage_util import cli, copy_inputs, make_world, poke, rehash_shard, reshape, retype, tree
+from cli_util import assert_clean_error, describe, file_tree
+from damage_util import cli, copy_inputs, make_world, poke, rehash_shard, reshape, retype
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -171,11 +171,11 @@ def test_damaged_input_is_refused(world, tmp_path, name, damage, argv, needles):
     c["dir"], c["out"] = tmp_path / "in", tmp_path / "out"
     c["out"].mkdir()
     damage(c)
-    before_in, before_out = tree(c["dir"]), tree(c["out"])
+    before_in, before_out = file_tree(c["dir"]), file_tree(c["out"])
     proc = cli(_argv(argv, c))
     assert_clean_error(proc, *needles)
-    assert tree(c["dir"]) == before_in, f"an input changed\n{describe(proc)}"
-    assert tree(c["out"]) == before_out, f"output left behind: {sorted(tree(c['out']))}\n{describe(proc)}"
+    assert file_tree(c["dir"]) == before_in, f"an input changed\n{describe(proc)}"
+    assert file_tree(c["out"]) == before_out, f"output left behind: {sorted(file_tree(c['out']))}\n{describe(proc)}"
 
 
 VERIFY_CASES = [
@@ -194,7 +194,7 @@ def test_verify_reports_an_invalid_shard(world, tmp_path, name, damage, needle):
     NaN: verify exits 1, names it in its one stderr line and lists it as ``invalid``."""
     c = copy_inputs(world, tmp_path / "in")
     damage(c)
-    before = tree(tmp_path)
+    before = file_tree(tmp_path)
     proc = cli(["verify", c["campaign"]])
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, describe(proc)
     lines = proc.stderr.strip().splitlines()
@@ -202,7 +202,7 @@ def test_verify_reports_an_invalid_shard(world, tmp_path, name, damage, needle):
         describe(proc)
     report = json.loads(proc.stdout)
     assert report["invalid"] == [0] and not report["ok"] and report["corrupt"] == []
-    assert tree(tmp_path) == before
+    assert file_tree(tmp_path) == before
 
 
 def test_valid_inputs_pass_and_float64_reads_the_same(world, tmp_path):

@@ -15,7 +15,6 @@ std([(1 + e)^2, 1, 1]) / mean([(1 + e)^2, 1, 1]) at the injected k (tested).
 """
 import numpy as np
 
-from ..errors import InputError
 from .planewave import (EMPTY_BIN, UNITS, check_amplitude, check_mode, check_prediction, compare_modes, cube_orbit, describe_field,
                         fourier_modes, mode_k, planewave_displacement, run_planewave_nbody, say, spread)
 
