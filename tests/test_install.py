@@ -43,47 +43,192 @@ def blocked_env(**extra):
 
 
 # --------------------------------------------------------------------------- kernels
+KERNEL_ROOT = os.path.join(ROOT, "cosmonet")
+PAD, SENTINEL = 8, -12345
+
+
+def _njit_functions():
+    """(module, name) -> inline? for every function under cosmonet/ decorated with ``njit``
+    (read from the source, so a kernel in a new module counts too)."""
+    import ast
+    found = {}
+    for folder, _, files in os.walk(KERNEL_ROOT):
+        for fname in files:
+            if not fname.endswith(".py"):
+                continue
+            path = os.path.join(folder, fname)
+            module = os.path.relpath(path[:-3], ROOT).replace(os.sep, ".").removesuffix(".__init__")
+            with open(path, encoding="utf-8") as fh:
+                tree = ast.parse(fh.read())
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.FunctionDef):
+                    continue
+                for dec in node.decorator_list:
+                    call = dec if isinstance(dec, ast.Call) else None
+                    target = call.func if call else dec
+                    if getattr(target, "attr", getattr(target, "id", None)) != "njit":
+                        continue
+                    inline = any(k.arg == "inline" and getattr(k.value, "value", None) == "always"
+                                 for k in (call.keywords if call else ()))
+                    found[(module, node.name)] = inline
+    return found
+
+
+def test_every_numba_kernel_has_a_numpy_version():
+    """Without numba, a kernel with no numpy version would run as a pure-Python loop: every
+    njit function that is not an inline helper must be in KERNELS, and nothing else."""
+    import importlib
+
+    from cosmonet.numpy_kernels import KERNELS
+    njit = _njit_functions()
+    kernels = {key for key, inline in njit.items() if not inline}
+    assert len(kernels) >= 11 and {key for key, inline in njit.items() if inline} >= {("cosmonet.mesh.cic", "_cell")}
+    assert set(KERNELS) == kernels, (sorted(kernels - set(KERNELS)), sorted(set(KERNELS) - kernels))
+    for module in {m for m, _ in njit}:                  # the same from the compiled modules
+        mod = importlib.import_module(module)
+        dispatchers = {(module, name): obj.targetoptions.get("inline") == "always"
+                       for name, obj in vars(mod).items()
+                       if hasattr(obj, "py_func") and getattr(obj, "__module__", None) == module}
+        assert dispatchers == {k: v for k, v in njit.items() if k[0] == module}, module
+    for (module, name), fn in KERNELS.items():
+        assert callable(fn) and fn.__module__ == "cosmonet.numpy_kernels", (module, name)
+
+
+class _Guard:
+    """Copies of arrays inside larger buffers whose margins must stay untouched."""
+
+    def __init__(self):
+        self.buffers = []
+
+    def __call__(self, a):
+        a = np.asarray(a)
+        buf = np.full(a.size + 2 * PAD, SENTINEL, a.dtype)
+        view = buf[PAD:PAD + a.size].reshape(a.shape)
+        view[...] = a
+        self.buffers.append(buf)
+        return view
+
+    def intact(self):
+        return all((b[:PAD] == SENTINEL).all() and (b[-PAD:] == SENTINEL).all() for b in self.buffers)
+
+
+class _Both:
+    """Runs a numba kernel and its numpy version (KERNELS) on fresh copies of the same
+    arguments: return values and every array argument after the call (outputs, scratch and
+    the untouched inputs) must be the same bit for bit, NaN where NaN, dtypes equal, and
+    no write beyond an array (guard margins)."""
+
+    def __init__(self):
+        from cosmonet.numpy_kernels import KERNELS
+        self.kernels, self.compared = KERNELS, set()
+
+    def __call__(self, module, name, make):
+        runs = []
+        for fn in (getattr(module, name), self.kernels[(module.__name__, name)]):
+            guard = _Guard()
+            args = make(guard)
+            ret = fn(*args)
+            assert guard.intact(), (name, fn.__module__)
+            runs.append((ret, args))
+        (r1, a1), (r2, a2) = runs
+        if r1 is not None:
+            assert r2.dtype == r1.dtype
+            np.testing.assert_array_equal(r2, r1)
+        for x, y in zip(a1, a2):
+            if isinstance(x, np.ndarray):
+                assert x.dtype == y.dtype, name
+                np.testing.assert_array_equal(y, x, err_msg=name)
+        self.compared.add((module.__name__, name))
+        return a1
+
+    def raise_alike(self, module, name, make):
+        for fn in (getattr(module, name), self.kernels[(module.__name__, name)]):
+            with pytest.raises(ValueError, match="a particle lies outside this rank's slab"):
+                fn(*make(_Guard()))
+
+
+def _hostile_positions(rng, box, n_p):
+    """Positions in the box, with edge cells (0, just below the box, the box itself, tiny
+    negatives that wrap to the last cell) and a few NaN, inf and beyond-int64 coordinates."""
+    pos = rng.uniform(0, box, (n_p, 3))
+    pos[:8, 0] = box * (0.6 + 0.05 * np.arange(8))       # on the planes 7 .. 11 of a 12^3 mesh
+    pos[:8, 1:] = [[0.0, box * (1 - 1e-16)], [box, -1e-300], [-1e-12, box * (1 + 1e-15)],
+                   [np.nan, 1.0], [2.0, np.inf], [-np.inf, 3.0], [1e300, -4e19], [5e18, 3.0]]
+    pos[8:12, 0] = [np.nan, np.inf, -np.inf, 1e300]      # x: cell 0 (rank 0's first plane)
+    pos[12:16, 0] = [0.0, box, -1e-300, box * (1 - 1e-16)]
+    return pos
+
+
 def test_numpy_kernels_equal_the_numba_kernels():
-    from cosmonet import numpy_kernels as nk
     from cosmonet.mesh import cic, layout
     from cosmonet.sim import fastpm
+    both = _Both()
     rng = np.random.default_rng(1)
-    n, box, x0, nx = 12, 50.0, 3, 5
-    pos = rng.uniform(0, box, (4000, 3))
-    pos[:10, 1:] = [[0.0, box * (1 - 1e-16)]] * 10            # edge cells of y and z
-    planes = np.empty(len(pos), np.int64)
-    cic.owner_plane(pos[:, 0].copy(), box, n, planes)
-    got = np.empty_like(planes)
-    nk.owner_plane(pos[:, 0].copy(), box, n, got)
-    np.testing.assert_array_equal(got, planes)
-    mine = pos[(planes >= x0) & (planes < x0 + nx)]            # this rank's particles
-    mass = rng.uniform(0.5, 2.0, len(mine))
-    a, b = np.zeros((nx + 1, n, n)), np.zeros((nx + 1, n, n))
-    cic.paint_slab(mine, mass, a, x0, box)
-    nk.paint_slab(mine, mass, b, x0, box)
-    assert a.sum() > 0 and np.abs(a - b).max() <= 1e-12 * np.abs(a).max()
+    n, box = 12, 50.0
+    pos = _hostile_positions(rng, box, 3000)
+
+    planes = both(cic, "owner_plane", lambda g: (pos[:, 0].copy(), box, n, g(np.zeros(len(pos), np.int64))))[3]
+    assert planes.min() >= 0 and planes.max() < n and set(planes[8:12]) == {0} and planes[14] == n - 1
+    nc, start = 6, 17                                     # a lattice rank's particles, float32
+    disp = (rng.standard_normal((150, 3)) * 4).astype(np.float32)
+    disp[:3] = [[np.nan, 0, 0], [0, np.inf, 0], [0, 0, -3e30]]
+    both(cic, "lattice_positions", lambda g: (disp, nc, start, box / nc, g(np.zeros((len(disp), 3)))))
+
+    # paint: absolute positions with masses on a slab at the top (ghost plane wraps to 0) and
+    # at the bottom (NaN/inf x), and lattice displacements with unit mass on the whole mesh
+    cases = []
+    for x0, nx, dtype in ((7, 5, np.float64), (0, 5, np.float32)):
+        mine = pos[(planes >= x0) & (planes < x0 + nx)]
+        mass = rng.uniform(0.5, 2.0, len(mine))
+        mass[-1] = np.nan
+        cases.append((mine, 0, 0, 0.0, mass, x0, nx, dtype))
+    cases.append((disp, nc, start, box / nc, np.empty(0), 0, n, np.float32))
+    cases.append((np.empty((0, 3)), 0, 0, 0.0, np.empty(0), 2, 3, np.float64))
+    for arr, c, st, sp, mass, x0, nx, dtype in cases:
+        o = both(cic, "plane_order", lambda g: (arr, c, st, sp, x0, nx, box, n,
+                                                 g(np.zeros(len(arr), np.int32)), g(np.zeros(nx + 1, np.int64))))
+        order, first = o[8], o[9]
+        assert first[-1] == len(arr) and sorted(order) == list(range(len(arr)))
+        p = both(cic, "paint_ghost", lambda g: (arr, c, st, sp, mass, order, first, g(np.ones((nx, n, n), dtype)),
+                                                g(np.ones((2, n, n), dtype)), g(np.ones((n, n), dtype)), x0, box))
+        assert len(arr) == 0 or (np.isnan(p[7]).any() and np.isfinite(p[7]).mean() > 0.5)   # NaN shows
+    outside = pos[planes == 2][:5]
+    both.raise_alike(cic, "plane_order", lambda g: (outside, 0, 0, 0.0, 3, 4, box, n,
+                                                    g(np.zeros(5, np.int32)), g(np.zeros(5, np.int64))))
+
+    # readouts: the FD4 gradient over halos on a thin and a full slab, absolute positions
+    # (float64 out) and lattice displacements (float32 phi and out); CIC on a slab with ghost
+    for arr, c, st, sp, x0, nx, dtype in ((pos[(planes >= 3) & (planes < 8)], 0, 0, 0.0, 3, 5, np.float64),
+                                          (pos[planes < n], 0, 0, 0.0, 0, n, np.float64),
+                                          (disp, nc, start, box / nc, 0, n, np.float32)):
+        phi, lo, hi = (rng.standard_normal((m, n, n)).astype(dtype) for m in (nx, 2, 3))
+        both(cic, "readout_fd4_gradient", lambda g: (arr, c, st, sp, phi, lo, hi, x0, box,
+                                                     g(np.zeros((len(arr), 3), dtype))))
+    both.raise_alike(cic, "readout_fd4_gradient",
+                     lambda g: (outside, 0, 0, 0.0, phi[:4], lo, hi, 3, box, np.zeros((5, 3), phi.dtype)))
+    x0, nx = 7, 5
+    mine = pos[(planes >= x0) & (planes < x0 + nx)]
     fields = [rng.standard_normal((nx, n, n)) for _ in range(3)]
     ghosts = [rng.standard_normal((n, n)) for _ in range(3)]
-    r1, r2 = np.empty(len(mine)), np.empty(len(mine))
-    cic.readout_slab(mine, fields[0], ghosts[0], x0, box, r1)
-    nk.readout_slab(mine, fields[0], ghosts[0], x0, box, r2)
-    np.testing.assert_allclose(r2, r1, rtol=0, atol=1e-13)
-    v1, v2 = np.empty((len(mine), 3)), np.empty((len(mine), 3))
-    cic.readout_slab3(mine, *fields, *ghosts, x0, box, v1)
-    nk.readout_slab3(mine, *fields, *ghosts, x0, box, v2)
-    np.testing.assert_allclose(v2, v1, rtol=0, atol=1e-13)
-    dest = rng.integers(0, 4, 1000)
-    np.testing.assert_array_equal(nk.counting_order(dest, 4), layout._counting_order(dest, 4))
-    mom = rng.standard_normal(pos.shape) * 30
-    p1, p2 = pos.copy(), pos.copy()
-    fastpm.drift_wrap(p1, mom, 0.7, box)
-    nk.drift_wrap(p2, mom, 0.7, box)
-    np.testing.assert_array_equal(p2, p1)
-    assert p1.min() >= 0 and p1.max() < box
-    y1, y2 = mom.copy(), mom.copy()
-    fastpm.axpy(y1, 0.3, pos)
-    nk.axpy(y2, 0.3, pos)
-    np.testing.assert_array_equal(y2, y1)
+    r = both(cic, "readout_slab", lambda g: (mine, fields[0], ghosts[0], x0, box, g(np.zeros(len(mine)))))[5]
+    assert np.isnan(r).any() and np.isfinite(r).sum() > len(r) - 10
+    both(cic, "readout_slab3", lambda g: (mine, *fields, *ghosts, x0, box, g(np.zeros((len(mine), 3)))))
+    both.raise_alike(cic, "readout_slab", lambda g: (outside, fields[0], ghosts[0], 3, box, np.zeros(5)))
+
+    # particle routing and the FastPM updates (float32 state, float64 arithmetic)
+    for dest in (rng.integers(0, 4, 1000), np.zeros(0, np.int64)):
+        both(layout, "_counting_order", lambda g: (dest, 4))
+    mom = (rng.standard_normal((500, 3)) * 30).astype(np.float32)
+    d32 = (rng.standard_normal((500, 3)) * 3).astype(np.float32)
+    force = rng.standard_normal((500, 3))
+    both(fastpm, "drift_disp", lambda g: (g(d32), mom, 0.7123))
+    both(fastpm, "kick_mom", lambda g: (g(mom), 1.5 * 0.31 * 0.4567, force))
+    k = [np.fft.fftfreq(8, 0.5) * 2 * np.pi, np.fft.fftfreq(8, 0.5) * 2 * np.pi, np.fft.rfftfreq(8, 0.5) * 2 * np.pi]
+    for ctype in (np.complex64, np.complex128):
+        c = (rng.standard_normal((8, 8, 5)) + 1j * rng.standard_normal((8, 8, 5))).astype(ctype)
+        out = both(fastpm, "scale_by_inverse_k2", lambda g: (g(c), *k, 1.0 / 0.7))[0]
+        assert out[0, 0, 0] == 0 and np.count_nonzero(out) == out.size - 1
+    assert both.compared == set(both.kernels), sorted(set(both.kernels) - both.compared)
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-13), (np.float32, 1e-5)])
@@ -94,14 +239,15 @@ def test_numpy_fft_equals_fftw(dtype, tol):
     fftw, plain = SlabFFT(SERIAL, n, dtype), SlabFFT(SERIAL, n, dtype)
     plain._numpy_transforms(n)
     field = np.random.default_rng(2).standard_normal((n, n, n)).astype(dtype)
+    spectra = []
     for f in (fftw, plain):
         f.fwd_in[...] = field
         f.forward()
-        f.bwd_in[...] = f.fwd_out
+        spectra.append(f.fwd_out.copy())     # the backward transform may destroy its input
         f.backward()
-    assert plain.fwd_out.dtype == fftw.fwd_out.dtype
-    scale = np.abs(fftw.fwd_out).max()
-    assert np.abs(plain.fwd_out - fftw.fwd_out).max() <= tol * scale
+    assert spectra[1].dtype == spectra[0].dtype
+    scale = np.abs(spectra[0]).max()
+    assert scale > 0 and np.abs(spectra[1] - spectra[0]).max() <= tol * scale
     np.testing.assert_allclose(plain.bwd_out, field, rtol=0, atol=tol * 10)
     np.testing.assert_allclose(fftw.bwd_out, field, rtol=0, atol=tol * 10)
 
@@ -133,9 +279,11 @@ DRIVER = textwrap.dedent("""
     mesh = BatchMesh(16, 100.0, "cpu", torch.float64)
     dk = linear_density_k(mesh, white_noise_batch(16, [7]), [Cosmology.planck15()])
     np.save(f"{work}/linear_k.npy", dk[0].numpy())
-    from cosmonet.mesh import cic
+    import importlib
+    from cosmonet.numpy_kernels import KERNELS
     loaded = sorted({m.partition(".")[0] for m in sys.modules} & set(sys.argv[3].split(",")))
-    print(json.dumps({"rc": rc, "loaded": loaded, "paint": cic.paint_slab.__module__}))
+    compiled = sorted(f"{m}.{n}" for (m, n), f in KERNELS.items() if getattr(importlib.import_module(m), n) is not f)
+    print(json.dumps({"rc": rc, "loaded": loaded, "not_numpy": compiled, "kernels": len(KERNELS)}))
 """)
 
 
@@ -161,7 +309,7 @@ def test_commands_run_without_the_extras(tiny_pairs, tmp_path):
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["rc"] == {k: 0 for k in report["rc"]}, describe(proc)
     assert report["loaded"] == [], report                     # none of the extras was imported
-    assert report["paint"] == "cosmonet.numpy_kernels"        # CIC without numba: the numpy kernels
+    assert report["not_numpy"] == [] and report["kernels"] >= 11   # without numba: every kernel's numpy version
     for name in ("torch.h5", "mpi.h5", "power.json", "eval.json", "emu.h5", "probe/amplitude.json"):
         assert (tmp_path / name).is_file(), name
 
