@@ -15,9 +15,9 @@ import sys
 
 import pytest
 
-from cli_util import assert_clean_error, describe
+from cli_util import assert_clean_error, describe, file_tree
 from mpi_util import mpi_env, mpirun
-from test_hostile import _run, _run_in_process, _save, _tree
+from test_hostile import _run, _run_in_process, _save
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -94,11 +94,11 @@ def test_resource_and_range_refusals(world, tiny_pairs, tmp_path, name, argv, ne
     case = tmp_path / "case"
     case.mkdir()
     args = [a.format(w=case, **{k: str(v) for k, v in world.items()}) for a in argv]
-    before, before_pairs, before_case = _tree(world["d"]), _tree(tiny_pairs), _tree(case)
+    before, before_pairs, before_case = file_tree(world["d"]), file_tree(tiny_pairs), file_tree(case)
     proc = _run(args) if name in END_TO_END else _run_in_process(args)
     assert_clean_error(proc, *needles)
-    assert _tree(world["d"]) == before and _tree(tiny_pairs) == before_pairs, f"an input changed\n{describe(proc)}"
-    assert _tree(case) == before_case, f"output left behind: {sorted(_tree(case))}\n{describe(proc)}"
+    assert file_tree(world["d"]) == before and file_tree(tiny_pairs) == before_pairs, f"an input changed\n{describe(proc)}"
+    assert file_tree(case) == before_case, f"output left behind: {sorted(file_tree(case))}\n{describe(proc)}"
 
 
 def test_emulate_refuses_tiles_beyond_memory_with_both_numbers(world, tmp_path, monkeypatch):
