@@ -646,7 +646,8 @@ def _evaluate_d3m(args, cfg, model, norm):
     from .io.atomic import write_json
     from .data import ShardDataset
     d = cfg["data"]
-    test = ShardDataset(d["root"], split=d["test_split"], fields=("za/disp", "lpt2/disp", d["target"]))
+    at = d["target"][d["target"].index("@"):] if "@" in d["target"] else ""     # NAME@a=A: ZA and 2LPT at that a
+    test = ShardDataset(d["root"], split=d["test_split"], fields=("za/disp" + at, "lpt2/disp" + at, d["target"]))
     import torch
     device = "cuda" if torch.cuda.is_available() else "cpu"     # the network on the GPU when there is one
     report, slices = evaluate_d3m(model.to(device), test, norm["scale"], device=device, max_boxes=args.max_boxes)
