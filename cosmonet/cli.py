@@ -198,8 +198,11 @@ def cmd_run_sim(args):
     if args.linear_field is not None:
         _collective_check(comm, lambda: _open_linear_field(args.linear_field, cfg.nc))
         linear_field = _open_linear_field(args.linear_field, cfg.nc, check_values=False)
-    check_node_memory(comm, BASE + simulation_bytes(cfg.nc, cfg.force_nmesh) // comm.size,
-                      gather_bytes(cfg.nc), f"run-sim --nc {cfg.nc} (force mesh {cfg.force_nmesh}^3)")
+    # each output before a_final holds 6 float32 vector fields (72 bytes a particle) until written
+    earlier = len(cfg.outputs) - 1
+    check_node_memory(comm, BASE + (simulation_bytes(cfg.nc, cfg.force_nmesh) + earlier * 72 * cfg.nc ** 3) // comm.size,
+                      gather_bytes(cfg.nc) * (1 + earlier), f"run-sim --nc {cfg.nc} (force mesh {cfg.force_nmesh}^3"
+                      + (f", {earlier + 1} outputs)" if earlier else ")"))
     if linear_field is None:            # the seeded field's rms on the grid (cosmonet/sim/sanity.py)
         holder = {}
         _collective_check(comm, lambda: holder.update(warning=_grid_sigma_warning(cfg)))

@@ -198,15 +198,15 @@ def run_simulation(cfg, comm, linear_field=None, timers=None, progress=None, fie
         del psi1, psi2                           # the LPT meshes are freed before the N-body steps
     pm_force = get_mesh(cfg.force_nmesh, cfg.box, comm, dtype=np.float32, timers=timers)
     solver = GravitySolver(pm_force, cfg.nc ** 3)
-    def snapshot(a):           # an output before a_final: copies, the state runs on
-        for name, field in _fastpm_fields(state, pm, cfg.box, a, keep, copy=True):
-            out[output_group(a) + "/" + name] = field
+
+    def snapshot(a, state=state):      # an output before a_final: copies, the state runs on
+        out.update((output_group(a) + "/" + name, arr)
+                   for name, arr in _fastpm_fields(state, pm, cfg.box, a, keep, copy=True))
 
     run_fastpm(state, solver, growth, cosmo.Omega_m, af, cfg.steps, progress=progress, outputs=cfg.outputs,
                on_output=snapshot)
-    for name, field in _fastpm_fields(state, pm, cfg.box, af, keep, copy=False):
-        out[name] = field
-    del state
+    out.update(_fastpm_fields(state, pm, cfg.box, af, keep, copy=False))
+    del state, snapshot
     return SimResult(fields=out, pm=pm, config=cfg, timers=timers)
 
 
@@ -226,10 +226,10 @@ def _fastpm_fields(state, pm, box, a, keep, copy):
         if not copy:
             setattr(state, attr, None)   # each state array is freed once its output is built
         if keep(name):               # one component at a time: float64 temporaries of n values
-            field = np.empty((3,) + pm.real_shape, np.float32)
+            arr = np.empty((3,) + pm.real_shape, np.float32)
             for d in range(3):
-                field[d] = fn(values[:, d].astype(np.float64)).reshape(pm.real_shape)
-            yield name, field
+                arr[d] = fn(values[:, d].astype(np.float64)).reshape(pm.real_shape)
+            yield name, arr
         del values
 
 
