@@ -217,7 +217,7 @@ def time_steps(a_start, a_end, steps):
 def segment_steps(a_start, outputs, steps):
     """Steps of each segment [a_start, outputs[0]], [outputs[0], outputs[1]], ...: every
     segment gets one step, then each further step goes to the segment whose step
-    (length / its steps, in a) is largest, the earliest on a tie (lengths within 1e-9
+    (length / its steps, in a) is largest, the earliest on a tie (steps within 1e-9
     relative count as equal). ``outputs``: ascending scale factors > a_start, the last
     the end; ``steps >= len(outputs)``. One output: ``[steps]``."""
     edges = [float(a_start)] + [float(a) for a in outputs]
