@@ -86,6 +86,9 @@ def _add_run_sim(sub):
     p.add_argument("--seed", type=int, default=42, help="white-noise seed (default 42)")
     p.add_argument("--a-start", type=float, default=0.1, help="FastPM start, 2LPT ICs (default 0.1)")
     p.add_argument("--a-final", type=float, default=1.0, help="final scale factor (default 1, z = 0)")
+    p.add_argument("--save-a", default=None,
+                   help="outputs at these scale factors, e.g. 0.5,0.67,1 (ascending, in (a_start, a_final]; "
+                        "a_final is always one): the steps land on each (docs/physics.md)")
     p.add_argument("--cosmology", default="planck15",
                    help="'planck15' or overrides such as 'Omega_m=0.3,sigma8=0.8' (on planck15)")
     p.add_argument("--linear-field", default=None,
@@ -113,6 +116,26 @@ def _check_run_sim_options(args):
         raise InputError(f"--a-start {args.a_start:g} and --a-final {args.a_final:g} must satisfy "
                          f"0 < a_start < a_final <= 4")
     check_seed("--seed", args.seed)
+    args.save_a = _parse_save_a(args)
+
+
+def _parse_save_a(args):
+    """``--save-a 0.5,0.67,1`` as the checked tuple of outputs (:func:`check_save_a`), () without it."""
+    from .sim.simulation import check_save_a
+    if args.save_a is None:
+        return ()
+    values = []
+    for part in args.save_a.split(","):
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise InputError(f"--save-a {args.save_a!r}: {part.strip()!r} is not a number "
+                             "(expected scale factors such as 0.5,0.67,1)") from None
+    try:
+        return check_save_a(values, args.a_start, args.a_final, args.steps, name="--save-a")
+    except InputError as exc:
+        raise InputError(f"{exc} (--a-start {args.a_start:g}, --a-final {args.a_final:g}, "
+                         f"--steps {args.steps})") from None
 
 
 def _grid_sigma_warning(cfg):
@@ -161,7 +184,9 @@ def cmd_run_sim(args):
     except InputError as exc:
         raise InputError(f"--cosmology: {exc}") from None
     cfg = SimConfig(nc=args.nc, box=args.box, steps=args.steps, boost=args.boost, seed=args.seed,
-                    a_start=args.a_start, a_final=args.a_final, cosmology=cosmo)
+                    a_start=args.a_start, a_final=args.a_final, save_a=args.save_a, cosmology=cosmo)
+    if args.engine == "torch" and cfg.save_a:
+        raise InputError("--save-a needs --engine mpi (the torch engine writes the a_final output only)")
     if args.engine == "mpi" and args.device != "cpu":
         raise InputError(f"--device {args.device} needs --engine torch (the MPI engine runs on CPUs)")
 
@@ -173,8 +198,11 @@ def cmd_run_sim(args):
     if args.linear_field is not None:
         _collective_check(comm, lambda: _open_linear_field(args.linear_field, cfg.nc))
         linear_field = _open_linear_field(args.linear_field, cfg.nc, check_values=False)
-    check_node_memory(comm, BASE + simulation_bytes(cfg.nc, cfg.force_nmesh) // comm.size,
-                      gather_bytes(cfg.nc), f"run-sim --nc {cfg.nc} (force mesh {cfg.force_nmesh}^3)")
+    # each output before a_final holds 6 float32 vector fields (72 bytes a particle) until written
+    earlier = len(cfg.outputs) - 1
+    check_node_memory(comm, BASE + (simulation_bytes(cfg.nc, cfg.force_nmesh) + earlier * 72 * cfg.nc ** 3) // comm.size,
+                      gather_bytes(cfg.nc) * (1 + earlier), f"run-sim --nc {cfg.nc} (force mesh {cfg.force_nmesh}^3"
+                      + (f", {earlier + 1} outputs)" if earlier else ")"))
     if linear_field is None:            # the seeded field's rms on the grid (cosmonet/sim/sanity.py)
         holder = {}
         _collective_check(comm, lambda: holder.update(warning=_grid_sigma_warning(cfg)))
@@ -230,8 +258,10 @@ def _run_sim_torch(cfg, comm, args, linear_field=None):
 def _add_power(sub):
     p = sub.add_parser("power", help="P(k), and cross P(k), T(k), r(k), of a simulation file")
     p.add_argument("sim", help="HDF5 file from run-sim")
-    p.add_argument("--field", default="fastpm", help="za, lpt2 or fastpm (default fastpm)")
-    p.add_argument("--second", default=None, help="second field for cross power, T and r")
+    p.add_argument("--field", default="fastpm",
+                   help="za, lpt2 or fastpm (default fastpm), at a_final; NAME@a=A: the output at a = A "
+                        "(run-sim --save-a), e.g. fastpm@a=0.5")
+    p.add_argument("--second", default=None, help="second field for cross power, T and r (also NAME@a=A)")
     p.add_argument("--nmesh", type=int, default=None, help="painting mesh per side (default nc)")
     p.add_argument("--index", type=int, default=None,
                    help="campaign shard: the simulation (its campaign index, params/index) to analyse")
@@ -271,6 +301,15 @@ def cmd_power(args):
         return _power(args, comm, attrs, row, nmesh)
 
 
+def _field_a(ref, attrs):
+    """The scale factor of power's field: its ``@a=A`` output's a, else a_final (None if unknown)."""
+    from .io.schema import file_outputs, output_group, split_field_ref
+    _, at = split_field_ref(ref)
+    if at is None:
+        return attrs.get("a_final")
+    return next((a for a in file_outputs(attrs) if output_group(a) == output_group(at)), at)
+
+
 def _power(args, comm, attrs, row, nmesh):
     import numpy as np
 
@@ -278,12 +317,12 @@ def _power(args, comm, attrs, row, nmesh):
     from .mesh import ParticleMesh
 
     from .io.simfile import read_positions
-    pos, _ = read_positions(args.sim, args.field, row=row, comm=comm)
+    pos, _ = read_positions(args.sim, args.field, row=row, comm=comm, option="--field")
     nc, box = int(attrs["nc"]), float(attrs["box_size"])
     pm = ParticleMesh(nmesh, box, comm, dtype=np.float64)
     a_k = density_k(pm, pos, nc ** 3, args.compensation)
     if args.second is not None:
-        pos2, _ = read_positions(args.sim, args.second, row=row, comm=comm)
+        pos2, _ = read_positions(args.sim, args.second, row=row, comm=comm, option="--second")
         b_k = density_k(pm, pos2, nc ** 3, args.compensation)
         res = cross_power(pm, a_k, b_k)
     else:
@@ -295,7 +334,8 @@ def _power(args, comm, attrs, row, nmesh):
     out = {key: np.asarray(v).tolist() for key, v in res.items()}
     out.update(field=args.field, second=args.second, index=args.index, nmesh=nmesh, box_size=box,
                shotnoise=box ** 3 / nc ** 3, compensation=args.compensation,
-               a_final=attrs.get("a_final"), units={"k": "h/Mpc", "power": "(Mpc/h)^3"})
+               a_final=attrs.get("a_final"), a=_field_a(args.field, attrs),
+               units={"k": "h/Mpc", "power": "(Mpc/h)^3"})
     if comm.rank == 0:
         from .io.atomic import write_json
         write_json(args.json, out)
@@ -304,7 +344,7 @@ def _power(args, comm, attrs, row, nmesh):
             from .cosmology import KEYS, Cosmology, growth_for
             cosmo = Cosmology.from_dict({k: attrs[k] for k in KEYS if k in attrs})
             kl = np.geomspace(pm.k_fundamental, pm.k_nyquist, 100)
-            a = float(attrs.get("a_final", 1.0))
+            a = float(out["a"] if out["a"] is not None else 1.0)
             plin = cosmo.linear_power(kl) * growth_for(cosmo).D1(a) ** 2
             plot_power(out, args.plot, title=f"{path_label(os.path.basename(args.sim))}: nc={nc}, L={box:g} Mpc/h, "
                        f"a={a:g}", linear=(kl, plin))
@@ -609,7 +649,8 @@ def _evaluate_d3m(args, cfg, model, norm):
     from .io.atomic import write_json
     from .data import ShardDataset
     d = cfg["data"]
-    test = ShardDataset(d["root"], split=d["test_split"], fields=("za/disp", "lpt2/disp", d["target"]))
+    at = d["target"][d["target"].index("@"):] if "@" in d["target"] else ""     # NAME@a=A: ZA and 2LPT at that a
+    test = ShardDataset(d["root"], split=d["test_split"], fields=("za/disp" + at, "lpt2/disp" + at, d["target"]))
     import torch
     device = "cuda" if torch.cuda.is_available() else "cpu"     # the network on the GPU when there is one
     report, slices = evaluate_d3m(model.to(device), test, norm["scale"], device=device, max_boxes=args.max_boxes)

@@ -26,6 +26,7 @@ class CampaignConfig(SimParams):
     """A simulation campaign (lengths in Mpc/h). See ``configs/*.yaml`` and docs/campaigns.md.
 
     n_sims: number of simulations; nc, box, steps, boost, a_start, a_final: as run-sim;
+    save_a: outputs at several scale factors, as run-sim --save-a (a list; engine mpi);
     seed: base seed (simulation i uses a seed derived from (seed, i));
     cosmology: fixed (a string or overrides), or {list: [...]}, {grid: {...}}, {lhs: {...}};
     ranks_per_sim: ranks that run one simulation together; shard_size: simulations per file;
@@ -65,10 +66,20 @@ class CampaignConfig(SimParams):
         return SimConfig(seed=seed, **self.sim_fields(), **extra)
 
     def to_dict(self):
-        """Plain dict in the order of the YAML keys (as stored in campaign.yaml)."""
+        """Plain dict in the order of the YAML keys (as stored in campaign.yaml); ``save_a``
+        only when it lists outputs (so a campaign without it stores what it always did)."""
         d = asdict(self)
         d["fields"] = list(self.fields)
-        return {k: d[k] for k in _KEYS}
+        d["save_a"] = list(self.save_a)
+        return {k: d[k] for k in _KEYS if k != "save_a" or self.save_a}
+
+    def stored_fields(self):
+        """The datasets of a shard: ``fields`` at a_final, and with ``save_a`` the vector
+        fields (not density, painted at a_final only) of each earlier output as
+        ``a_A.AAAA/NAME`` (:func:`~cosmonet.io.schema.output_group`)."""
+        from ..io.schema import output_group
+        extra = [f"{output_group(a)}/{name}" for a in self.save_a[:-1] for name in self.fields if name != "density"]
+        return tuple(self.fields) + tuple(extra)
 
     @property
     def n_shards(self):
@@ -176,6 +187,8 @@ def _check_engine(cfg):
     if cfg.device not in DEVICES:
         _fail("device", f"must be one of {', '.join(DEVICES)} (got {shown(cfg.device)}); under mpirun/srun "
                         f"each rank takes the GPU of its local rank")
+    if cfg.engine == "torch" and cfg.save_a:
+        _fail("save_a", "needs engine mpi (the torch engine stores the a_final output only)")
     if cfg.engine == "torch" and cfg.ranks_per_sim != 1:
         _fail("ranks_per_sim", f"must be 1 with engine torch (each rank runs whole boxes on its own "
                                f"device; got {cfg.ranks_per_sim})")
@@ -212,6 +225,10 @@ def validate(raw):
     for key in _FLOAT_KEYS:
         if key in kw:
             kw[key] = _as_float(key, kw[key])
+    if "save_a" in kw:
+        if not isinstance(kw["save_a"], (list, tuple)):
+            _fail("save_a", f"must be a list of scale factors, e.g. [0.5, 0.67, 1] (got {shown(kw['save_a'])})")
+        kw["save_a"] = tuple(_as_float("save_a", v) for v in kw["save_a"])
     try:
         cfg = CampaignConfig(**kw)          # SimParams checks nc, box, steps, boost, a_start, a_final
     except InputError as exc:

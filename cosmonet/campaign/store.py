@@ -26,6 +26,7 @@ import yaml
 from .. import __version__
 from ..errors import InputError, shown
 from ..io.atomic import GuardedFile, atomic_path, write_json
+from ..io.schema import output_group
 from ..yamlconfig import load_yaml
 
 SHARD_DIR = "shards"
@@ -79,7 +80,7 @@ class ShardWriter:
 
     def _create(self, cfg, shard, config_yaml):
         n = len(self.indices)
-        for name in cfg.fields:
+        for name in cfg.stored_fields():
             shape = field_shape(cfg, name)
             ds = self.f.create_dataset(name, shape=(n,) + shape, dtype=np.float32, chunks=(1,) + shape)
             ds.attrs["units"] = FIELD_UNITS["density" if name == "density" else name.split("/")[-1]]
@@ -95,11 +96,17 @@ class ShardWriter:
                       force_nmesh=cfg.force_nmesh, a_start=cfg.a_start, a_final=cfg.a_final,
                       density_nmesh=cfg.density_nmesh, shard=shard, n=n, code_version=__version__,
                       campaign_config=config_yaml))
+        if cfg.save_a:
+            from ..sim.fastpm import segment_steps
+            a.update(save_a=np.array(cfg.save_a, np.float64),
+                     save_steps=np.array(segment_steps(cfg.a_start, cfg.save_a, cfg.steps), np.int64))
+            for a_out in cfg.save_a[:-1]:
+                self.f.require_group(output_group(a_out)).attrs["a"] = float(a_out)
 
     def add(self, k, spec, fields):
         """Store simulation ``k`` of the shard: its SimSpec and full (gathered) fields."""
         assert spec.index == self.indices[k]
-        for name in self.cfg.fields:
+        for name in self.cfg.stored_fields():
             self.f[name][k] = fields[name]
         p = self.f["params"]
         p["seed"][k] = spec.seed
@@ -298,7 +305,7 @@ def config_yaml(cfg):
 #: float rounding)
 RESUMABLE_WITH_OTHER = ("ranks_per_sim", "device", "batch_size", "noise_workers")
 #: values of keys that a campaign.yaml written before the key existed means
-ABSENT_MEANS = {"engine": "mpi"}
+ABSENT_MEANS = {"engine": "mpi", "save_a": []}
 
 
 def prepare_directory(cfg, lock=None):
@@ -441,11 +448,11 @@ def shard_contents(root, shard, cfg):
     path = shard_path(root, shard)
     try:
         with h5py.File(path, "r") as f:
-            attrs, _ = schema.check_shard_file(path, f, cfg.fields)
+            attrs, _ = schema.check_shard_file(path, f, cfg.stored_fields())
             if attrs["nc"] != cfg.nc or not np.isclose(attrs["box_size"], cfg.box):
                 return (f"it has nc={attrs['nc']}, box_size={attrs['box_size']:g}, not the campaign's nc={cfg.nc}, "
                         f"box={cfg.box:g}")
-            for name in cfg.fields:
+            for name in cfg.stored_fields():
                 bad = schema.count_nonfinite(f[name])
                 if bad:
                     return schema.nonfinite_message("", name, bad).lstrip(": ")

@@ -97,21 +97,28 @@ def _read_shard(path, where, fields):
     except OSError:
         _fail(f"{path} is not a readable HDF5 shard")
     with fh:
-        for name in fields:
-            if not isinstance(fh.get(name), h5py.Dataset):
+        root_attrs = schema.check_attrs(path, fh.attrs, schema.SHARD_ATTRS)
+        # a field at an output before a_final (NAME@a=A) is the dataset a_A.AAAA/NAME
+        keys = {name: schema.field_key(path, root_attrs, name, "field") for name in fields}
+        for name, key in keys.items():
+            if not isinstance(fh.get(key), h5py.Dataset):
                 have = _present_fields(fh)
                 _fail(f"field {name!r} is not in {path} (it has: {', '.join(have) or 'no fields'})")
-        attrs, table = schema.check_shard_file(path, fh, fields)
+        attrs, table = schema.check_shard_file(path, fh, list(keys.values()))
         return {"path": path, "nc": attrs["nc"], "box": float(attrs["box_size"]),
                 "index": table["index"], "seed": table["seed"], "split": table["split"],
                 "cosmo": {c: table[c] for c in shardio.PARAM_COLUMNS if c in table},
-                "shapes": {name: tuple(fh[name].shape[1:]) for name in fields}}
+                "shapes": {name: tuple(fh[key].shape[1:]) for name, key in keys.items()}, "keys": keys}
 
 
 def _check_alike(first, table, fields):
     """The first shard's table; InputError when ``table`` differs from it in nc, box or shapes."""
     if first is None:
         return table
+    if table["keys"] != first["keys"]:
+        diff = next(n for n in fields if table["keys"][n] != first["keys"][n])
+        _fail(f"mismatched shards: field {diff!r} is {table['keys'][diff]} in {table['path']}, "
+              f"{first['keys'][diff]} in {first['path']}")
     if (table["nc"], table["box"]) != (first["nc"], first["box"]) or table["shapes"] != first["shapes"]:
         fp, shapes, fshapes = first["path"], table["shapes"], first["shapes"]
         diff = next((n for n in fields if shapes[n] != fshapes[n]), None)
@@ -137,7 +144,8 @@ class ShardDataset(torch.utils.data.Dataset):
     root: the campaign directory (``campaign.yaml``, ``manifest.json``, ``shards/``).
     split: a split name of ``campaign.yaml`` (consecutive simulation indices, in the order
         the splits are listed), or None for every simulation.
-    fields: dataset names to read, e.g. ``("za/disp", "fastpm/disp")`` or ``"density"``.
+    fields: dataset names to read, e.g. ``("za/disp", "fastpm/disp")`` or ``"density"``;
+    ``NAME@a=A`` reads the output at a = A of a campaign with ``save_a`` (``fastpm/disp@a=0.5``).
     indices: explicit simulation indices (campaign numbering, in this order); when given,
         ``split`` is ignored.
     transform: called on the tuple as ``transform(tensors, rng)`` when it takes an rng (see
@@ -185,6 +193,7 @@ class ShardDataset(torch.utils.data.Dataset):
                 info_of[i] = _sample_info(table, row[i], i, shard)
         self.nc, self.box_size = first["nc"], first["box"]
         self.field_shapes = dict(first["shapes"])
+        self._keys = dict(first["keys"])      # field name -> its dataset (a_A.AAAA/NAME for NAME@a=A)
         self._locs = [pos_of[i] for i in sel]
         self._info = [info_of[i] for i in sel]
         self.transform = transform
@@ -270,7 +279,7 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def _get(self, path, name, sel):
         try:
-            return self._file(path)[name][sel]
+            return self._file(path)[self._keys[name]][sel]
         except OSError as exc:
             raise InputError(f"{path}: {name} cannot be read ({str(exc).splitlines()[0] if str(exc) else 'I/O error'})") from None
 
@@ -299,7 +308,7 @@ class ShardDataset(torch.utils.data.Dataset):
         out = {}
         for name in self.fields:
             try:
-                out[name] = schema.count_nonfinite(_Row(f[name], k))
+                out[name] = schema.count_nonfinite(_Row(f[self._keys[name]], k))
             except OSError as exc:
                 raise InputError(f"{path}: {name} cannot be read ({str(exc).splitlines()[0] if str(exc) else 'I/O error'})") from None
         return out
@@ -368,5 +377,10 @@ class _Row:
 
 
 def _present_fields(fh):
-    """Field datasets present in an open shard."""
-    return [name for name in FIELD_NAMES if isinstance(fh.get(name), h5py.Dataset)]
+    """Field datasets present in an open shard (those of an earlier output as NAME@a=A)."""
+    names = [name for name in FIELD_NAMES if isinstance(fh.get(name), h5py.Dataset)]
+    for group in fh.keys():
+        a = schema.output_a(group)
+        if a is not None and isinstance(fh.get(group), h5py.Group):
+            names += [f"{name}@a={a:g}" for name in FIELD_NAMES if isinstance(fh[group].get(name), h5py.Dataset)]
+    return names

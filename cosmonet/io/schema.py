@@ -38,6 +38,7 @@ _COMMON = {
     "nc": ("int", ">= 1"), "box_size": ("float", _POS), "steps": ("int", _NONNEG),
     "boost": ("float", _POS), "force_nmesh": ("int", ">= 1"), "a_start": ("float", _POS),
     "a_final": ("float", _POS), "code_version": ("str", _ANY),
+    "save_a": ("floats", _POS), "save_steps": ("ints", ">= 1"),
 }
 #: root attributes of a simulation file (``nc`` and ``box_size`` required)
 SIM_ATTRS = dict(_COMMON, box=("float", _POS), seed=("int", _NONNEG), n_ranks=("int", ">= 1"),
@@ -62,15 +63,91 @@ def _kind(dtype):
 
 
 def is_field_name(name):
-    """True for the field datasets of the schema: ``density`` and ``GROUP/disp``, ``GROUP/vel``."""
+    """True for the field datasets of the schema: ``density`` and ``GROUP/disp``,
+    ``GROUP/vel``, and ``a_A.AAAA/GROUP/disp``, ``a_A.AAAA/GROUP/vel`` (an output before a_final)."""
     parts = name.split("/")
+    if len(parts) == 3 and output_a(parts[0]) is not None:
+        parts = parts[1:]
     return name == "density" or (len(parts) == 2 and parts[1] in ("disp", "vel"))
+
+
+# --------------------------------------------------------------------------- outputs at several a
+#: the group of an output before a_final: ``a_`` and the scale factor with 4 decimals
+OUTPUT_PREFIX = "a_"
+
+
+def output_group(a):
+    """Name of the group holding the output at scale factor ``a``: ``a_0.5000``."""
+    return f"{OUTPUT_PREFIX}{float(a):.4f}"
+
+
+def output_a(group):
+    """The scale factor of an output group name (``a_0.5000`` -> 0.5), None for another name."""
+    if not isinstance(group, str) or not group.startswith(OUTPUT_PREFIX):
+        return None
+    text = group[len(OUTPUT_PREFIX):]
+    try:
+        a = float(text)
+    except ValueError:
+        return None
+    return a if math.isfinite(a) and a > 0 and output_group(a) == group else None
+
+
+def split_field_ref(ref, option="field"):
+    """``NAME`` or ``NAME@a=A`` (e.g. ``fastpm/disp@a=0.5``) -> (NAME, A or None);
+    InputError naming ``option`` when A is not a number > 0."""
+    if not isinstance(ref, str) or "@" not in ref:
+        return ref, None
+    name, _, at = ref.partition("@")
+    key, eq, value = at.partition("=")
+    try:
+        a = float(value) if key.strip() == "a" and eq else None
+    except ValueError:
+        a = None
+    if a is None or not math.isfinite(a) or a <= 0 or not name:
+        raise InputError(f"{option} {ref!r}: expected NAME@a=A with A a scale factor > 0 (e.g. fastpm/disp@a=0.5)")
+    return name, a
+
+
+def file_outputs(attrs):
+    """Scale factors of the outputs of a file (root attributes as a dict): its ``save_a``,
+    or ``(a_final,)`` (``()`` when the file has no a_final)."""
+    if "save_a" in attrs:
+        return tuple(float(a) for a in np.atleast_1d(attrs["save_a"]))
+    return (float(attrs["a_final"]),) if "a_final" in attrs else ()
+
+
+def field_key(path, attrs, ref, option="field", suffix=""):
+    """The dataset path of the field ``ref`` (``NAME`` or ``NAME@a=A``) in a file with root
+    attributes ``attrs``: ``NAME`` for a_final (and without ``@a``), ``a_A.AAAA/NAME`` for
+    an earlier output (``suffix``, e.g. ``/disp``, appended to NAME). InputError naming
+    the file's outputs when it has none at A."""
+    name, a = split_field_ref(ref, option)
+    name += suffix
+    if a is None:
+        return name
+    outputs = file_outputs(attrs)
+    want = output_group(a)
+    for i, have in enumerate(outputs):
+        if output_group(have) == want:
+            return name if i == len(outputs) - 1 else f"{want}/{name}"
+    listed = ", ".join(f"{v:g}" for v in outputs) or "none recorded"
+    raise InputError(f"{option} {ref!r}: {path} has no output at a = {a:g} (outputs at a = {listed})")
 
 
 # --------------------------------------------------------------------------- attributes
 def _check_attr(path, name, value, kind, rule):
-    """The attribute as a plain Python value; InputError naming it when it has another type."""
+    """The attribute as a plain Python value; InputError naming it when it has another type.
+    Kinds ``floats`` and ``ints``: a 1-D array of at least one such number, each under ``rule``."""
     where = f"{path}: attribute {name!r}"
+    if kind in ("floats", "ints"):
+        arr = np.asarray(value)
+        if arr.ndim != 1 or arr.size < 1:
+            raise InputError(f"{where} has shape {arr.shape}, expected a list of numbers")
+        if arr.dtype.kind not in ("f" if kind == "floats" else "") + "iu":
+            raise InputError(f"{where} holds {_kind(arr.dtype)} data, expected "
+                             f"{'numbers' if kind == 'floats' else 'integers'}")
+        return [_check_attr(path, name, v, kind[:-1], rule) for v in arr.tolist()]
     if isinstance(value, np.ndarray) and value.ndim > 0:
         what = {"int": "integer", "float": "number", "str": "text"}[kind]
         raise InputError(f"{where} is an array of shape {value.shape}, expected a single {what}")
@@ -137,16 +214,41 @@ def check_dataset(path, f, name, shape, kinds="f"):
     return obj
 
 
-def _field_names(f):
-    """The field datasets present at the schema's places: ``GROUP/disp``, ``GROUP/vel``, ``density``."""
+def _field_names(f, top=True):
+    """The field datasets present at the schema's places: ``GROUP/disp``, ``GROUP/vel``,
+    ``density``, and those of the output groups ``a_A.AAAA/GROUP/...``."""
     names = []
     for key in f.keys():
         obj = f.get(key)
-        if key == "density":
+        if key == "density" and top:
             names.append(key)
         elif isinstance(obj, h5py.Group):
-            names += [f"{key}/{sub}" for sub in ("disp", "vel") if sub in obj]
+            if top and output_a(key) is not None:
+                names += [f"{key}/{sub}" for sub in _field_names(obj, top=False)]
+            else:
+                names += [f"{key}/{sub}" for sub in ("disp", "vel") if sub in obj]
     return names
+
+
+def check_outputs(path, f, attrs):
+    """The output groups of ``f`` agree with its ``save_a`` attribute: each ``a_A.AAAA``
+    group is one of its outputs before the last, and ``save_steps`` has one count per output."""
+    outputs = file_outputs(attrs)
+    if "save_a" in attrs:
+        if any(b <= a for a, b in zip(outputs[:-1], outputs[1:])):
+            raise InputError(f"{path}: attribute 'save_a' must be ascending (got {list(outputs)})")
+        if "a_final" in attrs and outputs[-1] != float(attrs["a_final"]):
+            raise InputError(f"{path}: attribute 'save_a' must end at a_final = {attrs['a_final']:g} "
+                             f"(got {list(outputs)})")
+        if "save_steps" in attrs and len(attrs["save_steps"]) != len(outputs):
+            raise InputError(f"{path}: attribute 'save_steps' has {len(attrs['save_steps'])} entries for "
+                             f"{len(outputs)} outputs")
+    groups = {output_group(a) for a in outputs[:-1]}
+    for key in f.keys():
+        if key.startswith(OUTPUT_PREFIX) and key not in groups:
+            listed = ", ".join(f"{v:g}" for v in outputs) or "none"
+            raise InputError(f"{path}: group {key} is not an output before a_final of its save_a "
+                             f"(outputs at a = {listed})")
 
 
 def field_shape(name, nc, density_nmesh=None):
@@ -166,6 +268,7 @@ def check_sim_file(path, f, required=REQUIRED_ATTRS):
     """Root attributes (plain dict) of the open run-sim file ``f``, after checking them and
     every field dataset (``NAME/disp``, ``NAME/vel``: floating point, (3, nc, nc, nc))."""
     attrs = check_attrs(path, f.attrs, SIM_ATTRS, required)
+    check_outputs(path, f, attrs)
     nc = attrs.get("nc")
     for name in _field_names(f):
         if name == "density":
@@ -192,6 +295,7 @@ def check_shard_file(path, f, fields=None):
         raise InputError(f"{path}: params/index is empty (a shard holds at least one simulation)")
     if "n" in attrs and attrs["n"] != n:
         raise InputError(f"{path}: attribute 'n' is {attrs['n']} but params/index has {n} rows")
+    check_outputs(path, f, attrs)
     table = {}
     for name, kinds in PARAMS.items():
         if name in f["params"] or name in REQUIRED_PARAMS:
@@ -207,7 +311,8 @@ def check_shard_file(path, f, fields=None):
     names = _field_names(f) if fields is None else list(fields)
     for name in names:
         if not is_field_name(name):
-            raise InputError(f"{path}: {name!r} is not a field of the shard schema (density, NAME/disp, NAME/vel)")
+            raise InputError(f"{path}: {name!r} is not a field of the shard schema (density, NAME/disp, NAME/vel, "
+                             f"a_A.AAAA/NAME/disp, a_A.AAAA/NAME/vel)")
         ds = check_dataset(path, f, name, (n,) + field_shape(name, nc, mesh))
         if name == "density" and len(set(ds.shape[2:])) != 1:
             raise InputError(f"{path}: density has shape {ds.shape}, expected (n, 1, M, M, M)")

@@ -9,7 +9,10 @@ Lagrangian grid point q = (i, j, k) L / nc):
 
 Root attributes: ``box_size`` (Mpc/h), ``nc``, ``a_final``, ``a_start``, ``steps``,
 ``boost``, ``force_nmesh``, ``seed``, the cosmology's parameters, ``linear_field`` (path
-or empty), ``code_version``.
+or empty), ``code_version``; with outputs at several a (``run-sim --save-a``) also
+``save_a`` (every output's a, ascending, the last a_final) and ``save_steps`` (steps of
+each segment), and the same datasets of each earlier output in the group ``a_A.AAAA``
+(e.g. ``a_0.5000/fastpm/disp``; attribute ``a``); the top-level ones are at a_final.
 """
 import os
 
@@ -44,6 +47,8 @@ def write_simulation(path, result, extra_attrs=None):
                 for name, arr in full.items():
                     ds = f.create_dataset(name, data=arr)
                     ds.attrs["units"] = FIELD_UNITS[name.split("/")[-1]]
+                for a in result.config.save_a[:-1]:
+                    f.require_group(schema.output_group(a)).attrs["a"] = float(a)
     pm.comm.Barrier()
 
 
@@ -110,9 +115,10 @@ def describe_sim_file(path, index=None):
     return attrs, row
 
 
-def read_positions(path, name, rank=0, size=1, row=None, comm=None):
-    """Particle positions q + displacement of field ``name`` ("za", "lpt2", "fastpm") of a
-    simulation file (or of simulation ``row`` of a campaign shard): the rows of process
+def read_positions(path, name, rank=0, size=1, row=None, comm=None, option="--field"):
+    """Particle positions q + displacement of field ``name`` ("za", "lpt2", "fastpm", or
+    ``NAME@a=A`` for the output at a = A of a run with several outputs, its error naming
+    ``option``) of a simulation file (or of simulation ``row`` of a campaign shard): the rows of process
     ``rank`` of ``size`` (planes of i split evenly), (n, 3) float64 in Mpc/h wrapped into
     [0, box), and the file's attributes (plain dict). Raises InputError (one line) for a
     file that is not a simulation file, lacks the field, breaks the schema (dtype, shape,
@@ -121,14 +127,15 @@ def read_positions(path, name, rank=0, size=1, row=None, comm=None):
     non-finite values over all ranks."""
     if comm is not None:
         rank, size = comm.rank, comm.size
-    key = f"{name}/disp"
     error, bad = None, 0
+    base, _ = schema.split_field_ref(name, option)
     with open_sim_file(path) as f:
-        if key not in f:
-            raise InputError(f"{path} has no field '{name}' (has: "
-                             f"{', '.join(sorted(k for k in f.keys() if f'{k}/disp' in f))})")
         spec = schema.SHARD_ATTRS if row is not None else schema.SIM_ATTRS
         attrs = schema.check_attrs(path, f.attrs, spec)
+        key = schema.field_key(path, attrs, name, option, suffix="/disp")
+        if key not in f:
+            raise InputError(f"{path} has no field '{base}' (has: "
+                             f"{', '.join(sorted(k for k in f.keys() if f'{k}/disp' in f))})")
         nc, box = attrs["nc"], float(attrs["box_size"])
         shape = (3, nc, nc, nc) if row is None else (None, 3, nc, nc, nc)
         ds = schema.check_dataset(path, f, key, shape)

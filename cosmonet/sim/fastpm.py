@@ -9,7 +9,8 @@ Equations of motion in H0 = 1 units:
 with delta the density contrast painted (CIC) on the force mesh. The kick and drift
 factors of :class:`cosmonet.growth.Growth` integrate these exactly for a linearly
 growing mode, so a single step reproduces the Zel'dovich approximation.
-Steps are uniform in a from ``a_start`` to ``a_end``; each step costs one force
+Steps are uniform in a from ``a_start`` to ``a_end`` (with outputs at several scale
+factors, uniform within each segment between outputs: :func:`step_schedule`); each step costs one force
 evaluation (1 forward + 1 inverse FFT on the force mesh: the FD4 gradient is taken in
 real space, see :class:`GravitySolver`).
 """
@@ -213,12 +214,59 @@ def time_steps(a_start, a_end, steps):
     return np.linspace(a_start, a_end, steps + 1)
 
 
-def run_fastpm(state, solver, growth, omega_m, a_end, steps, progress=None):
+def segment_steps(a_start, outputs, steps):
+    """Steps of each segment [a_start, outputs[0]], [outputs[0], outputs[1]], ...: every
+    segment gets one step, then each further step goes to the segment whose step
+    (length / its steps, in a) is largest, the earliest on a tie (steps within 1e-9
+    relative count as equal). ``outputs``: ascending scale factors > a_start, the last
+    the end; ``steps >= len(outputs)``. One output: ``[steps]``."""
+    edges = [float(a_start)] + [float(a) for a in outputs]
+    lengths = [hi - lo for lo, hi in zip(edges[:-1], edges[1:])]
+    if steps < len(lengths):
+        raise ValueError(f"{steps} steps cannot reach {len(lengths)} outputs")
+    counts = [1] * len(lengths)
+    for _ in range(steps - len(lengths)):
+        sizes = [ln / c for ln, c in zip(lengths, counts)]
+        top = max(sizes)
+        counts[next(i for i, s in enumerate(sizes) if s >= top * (1 - 1e-9))] += 1
+    return counts
+
+
+def step_schedule(a_start, outputs, steps):
+    """The step boundaries of a run with outputs at ``outputs`` (ascending, last = the
+    end): one array per segment, ``time_steps(lo, hi, n)`` with n of
+    :func:`segment_steps`. So every output is a step boundary, and the first segments of a
+    run are those of a run that ends at one of its outputs with the steps it gave them."""
+    counts = segment_steps(a_start, outputs, steps)
+    edges = [float(a_start)] + [float(a) for a in outputs]
+    return [time_steps(lo, hi, n) for lo, hi, n in zip(edges[:-1], edges[1:], counts)]
+
+
+def run_fastpm(state, solver, growth, omega_m, a_end, steps, progress=None, outputs=None, on_output=None):
     """Evolve ``state`` in place from ``state.a`` to ``a_end`` in ``steps`` KDK steps.
 
+    ``outputs``: ascending scale factors in (state.a, a_end] at which the run must stop
+    on a step boundary (:func:`step_schedule`; ``None``: a_end only, steps uniform in a).
+    At each output but the last, the momenta are synchronised (the closing half kick is
+    applied alone), ``on_output(a)`` is called, and the next segment starts with its own
+    opening half kick: each segment is exactly a run from the state at its start.
     ``progress(step, a)`` is called after each step when given.
     """
-    a = time_steps(state.a, a_end, steps)
+    outputs = [a_end] if outputs is None else list(outputs)
+    if outputs[-1] != a_end:
+        outputs.append(a_end)
+    done = 0
+    for a in step_schedule(state.a, outputs, steps):
+        _run_segment(state, solver, growth, omega_m, a, progress, done)
+        done += len(a) - 1
+        if a[-1] != a_end and on_output is not None:
+            on_output(float(a[-1]))
+    return state
+
+
+def _run_segment(state, solver, growth, omega_m, a, progress, done):
+    """KDK steps between the boundaries ``a`` (from the state's a), momenta synchronised at the end."""
+    steps = len(a) - 1
     a0, a1 = a[:-1], a[1:]
     ah = 0.5 * (a0 + a1)
     first_kick = growth.kick_factor(a0, a0, ah)
@@ -234,5 +282,5 @@ def run_fastpm(state, solver, growth, omega_m, a_end, steps, progress=None):
         closing = second_kick[n] + (first_kick[n + 1] if n + 1 < steps else 0.0)
         kick(state, force, closing, omega_m)
         if progress is not None:
-            progress(n + 1, float(a1[n]))
+            progress(done + n + 1, float(a1[n]))
     return state

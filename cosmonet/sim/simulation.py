@@ -10,6 +10,7 @@ import numpy as np
 
 from ..cosmology import Cosmology, growth_for
 from ..errors import InputError
+from ..io.schema import output_group
 from ..mesh import ParticleMesh, get_mesh
 from ..timing import Timers
 from .fastpm import GravitySolver, ParticleState, run_fastpm
@@ -24,6 +25,40 @@ VELOCITY_UNIT_KMS = 100.0
 def _need(ok, msg):
     if not ok:
         raise InputError(msg)
+
+
+def check_save_a(values, a_start, a_final, steps, name="save_a"):
+    """``values`` (a sequence of numbers) as the tuple of output scale factors, a_final
+    appended when missing, or ``()`` when a_final is the only output; InputError (one
+    line naming ``name``) for a non-number, an unsorted or repeated list, a value outside
+    (a_start, a_final], two values with the same group name (4 decimals) or more outputs
+    than ``steps``."""
+    from ..io.schema import output_group
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise InputError(f"{name} must be a list of scale factors (got {values!r})")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
+            raise InputError(f"{name} must hold numbers (got {v!r})")
+        out.append(float(v))
+    for lo, hi in zip(out[:-1], out[1:]):
+        if hi == lo:
+            raise InputError(f"{name} lists a = {hi:g} twice")
+        if hi < lo:
+            raise InputError(f"{name} must be ascending (got {lo:g} before {hi:g})")
+    for v in out:
+        if not a_start < v <= a_final:
+            raise InputError(f"{name} value {v:g} is outside (a_start, a_final] = ({a_start:g}, {a_final:g}]")
+    if not out or out[-1] != a_final:
+        out.append(float(a_final))
+    names = [output_group(v) for v in out]
+    for lo, hi, n1, n2 in zip(out[:-1], out[1:], names[:-1], names[1:]):
+        if n1 == n2:
+            raise InputError(f"{name} values {lo:g} and {hi:g} share the output name {n1} (4 decimals)")
+    if len(out) > steps:
+        raise InputError(f"{name} has {len(out)} outputs (a_final included) but steps is {steps}: "
+                         f"each output needs at least one step")
+    return () if len(out) == 1 else tuple(out)
 
 
 @dataclass(frozen=True)
@@ -42,6 +77,7 @@ class SimParams:
     boost: float = 2
     a_start: float = 0.1
     a_final: float = 1.0
+    save_a: tuple = ()
 
     def __post_init__(self):
         _need(isinstance(self.nc, (int, np.integer)) and self.nc >= 2, f"nc must be an integer >= 2 (got {self.nc})")
@@ -51,6 +87,12 @@ class SimParams:
               f"boost must be >= 1 with boost * nc an integer (got {self.boost})")
         _need(0 < self.a_start < self.a_final <= 4, f"a_start must satisfy 0 < a_start < a_final <= 4 "
               f"(got a_start={self.a_start}, a_final={self.a_final})")
+        object.__setattr__(self, "save_a", check_save_a(self.save_a, self.a_start, self.a_final, self.steps))
+
+    @property
+    def outputs(self):
+        """Scale factors of every output, ascending, the last a_final."""
+        return tuple(self.save_a) or (float(self.a_final),)
 
     @property
     def force_nmesh(self):
@@ -72,8 +114,12 @@ class SimConfig(SimParams):
 
     def attrs(self):
         """Root attributes of a simulation file (HDF5-friendly scalars)."""
-        d = {k: v for k, v in asdict(self).items() if k != "cosmology"}
+        d = {k: v for k, v in asdict(self).items() if k not in ("cosmology", "save_a")}
         d.update(box_size=float(self.box), force_nmesh=self.force_nmesh)
+        if self.save_a:            # several outputs: their a and the steps of each segment
+            from .fastpm import segment_steps
+            d.update(save_a=np.array(self.save_a, np.float64),
+                     save_steps=np.array(segment_steps(self.a_start, self.save_a, self.steps), np.int64))
         d.update(self.cosmology.to_dict())
         return d
 
@@ -108,6 +154,9 @@ def minimum_image(disp, boxsize):
 def run_simulation(cfg, comm, linear_field=None, timers=None, progress=None, fields=None):
     """Run ZA, 2LPT and FastPM for ``cfg`` on ``comm``; returns a :class:`SimResult`.
 
+    With several outputs (``cfg.save_a``) the fields of each output a before a_final
+    are named ``a_A.AAAA/NAME/disp`` (:func:`~cosmonet.io.schema.output_group`), those at
+    a_final ``NAME/disp`` as with one output.
     ``linear_field``: the real-space delta_lin at a = 1, an (nc, nc, nc) array (each rank
     reads its slab; a memory-mapped ``.npy`` works), replacing the Gaussian field from ``cfg.seed``. ``progress(step, a)`` is called on every rank.
     """
@@ -127,16 +176,18 @@ def run_simulation(cfg, comm, linear_field=None, timers=None, progress=None, fie
         psi1 = za_displacement(pm, delta_k)      # (3, nx, nc, nc) float64
         psi2 = lpt2_displacement(pm, delta_k)
         del delta_k
-        vel = VELOCITY_UNIT_KMS / af
-        D1, D2 = growth.D1(af), growth.D2(af)
-        # the formulae of lpt.lpt_displacement / lpt_momentum, one component at a time
-        p1, p2 = growth.D1(af) * growth.f1(af), growth.D2(af) * growth.f2(af)
-        m = vel * (af ** 2 * cosmo.E(af))
-        for name, c1, c2, box in (("za/disp", D1, None, cfg.box), ("za/vel", p1, None, m),
-                                  ("lpt2/disp", D1, D2, cfg.box), ("lpt2/vel", p1, p2, m)):
-            if keep(name):
-                out[name] = _per_component(psi1, psi2, c1, c2, box if name.endswith("disp") else None,
-                                           None if name.endswith("disp") else box)
+        for a in cfg.outputs:
+            prefix = "" if a == af else output_group(a) + "/"
+            vel = VELOCITY_UNIT_KMS / a
+            D1, D2 = growth.D1(a), growth.D2(a)
+            # the formulae of lpt.lpt_displacement / lpt_momentum, one component at a time
+            p1, p2 = growth.D1(a) * growth.f1(a), growth.D2(a) * growth.f2(a)
+            m = vel * (a ** 2 * cosmo.E(a))
+            for name, c1, c2, box in (("za/disp", D1, None, cfg.box), ("za/vel", p1, None, m),
+                                      ("lpt2/disp", D1, D2, cfg.box), ("lpt2/vel", p1, p2, m)):
+                if keep(name):
+                    out[prefix + name] = _per_component(psi1, psi2, c1, c2, box if name.endswith("disp") else None,
+                                                        None if name.endswith("disp") else box)
         n = psi1[0].size
         m0 = a0 ** 2 * cosmo.E(a0)
         state = ParticleState(
@@ -147,25 +198,39 @@ def run_simulation(cfg, comm, linear_field=None, timers=None, progress=None, fie
         del psi1, psi2                           # the LPT meshes are freed before the N-body steps
     pm_force = get_mesh(cfg.force_nmesh, cfg.box, comm, dtype=np.float32, timers=timers)
     solver = GravitySolver(pm_force, cfg.nc ** 3)
-    run_fastpm(state, solver, growth, cosmo.Omega_m, af, cfg.steps, progress=progress)
-    vel = VELOCITY_UNIT_KMS / af
+
+    def snapshot(a, state=state):      # an output before a_final: copies, the state runs on
+        out.update((output_group(a) + "/" + name, arr)
+                   for name, arr in _fastpm_fields(state, pm, cfg.box, a, keep, copy=True))
+
+    run_fastpm(state, solver, growth, cosmo.Omega_m, af, cfg.steps, progress=progress, outputs=cfg.outputs,
+               on_output=snapshot)
+    out.update(_fastpm_fields(state, pm, cfg.box, af, keep, copy=False))
+    del state, snapshot
+    return SimResult(fields=out, pm=pm, config=cfg, timers=timers)
+
+
+def _fastpm_fields(state, pm, box, a, keep, copy):
+    """(name, float32 (3, nx, nc, nc) field) of ``fastpm/disp`` (minimum image, Mpc/h) and
+    ``fastpm/vel`` (km/s) of ``state`` at scale factor ``a``, those ``keep`` selects.
+    ``copy=False`` frees each state array once its output is built."""
+    vel = VELOCITY_UNIT_KMS / a
 
     def scaled(v):
         v *= vel
         return v
 
-    for name, attr, fn in (("fastpm/disp", "disp", lambda v: _minimum_image_inplace(v, cfg.box)),
+    for name, attr, fn in (("fastpm/disp", "disp", lambda v: _minimum_image_inplace(v, box)),
                            ("fastpm/vel", "mom", scaled)):
         values = getattr(state, attr)
-        setattr(state, attr, None)   # each state array is freed once its output is built
+        if not copy:
+            setattr(state, attr, None)   # each state array is freed once its output is built
         if keep(name):               # one component at a time: float64 temporaries of n values
-            field = np.empty((3,) + pm.real_shape, np.float32)
+            arr = np.empty((3,) + pm.real_shape, np.float32)
             for d in range(3):
-                field[d] = fn(values[:, d].astype(np.float64)).reshape(pm.real_shape)
-            out[name] = field
+                arr[d] = fn(values[:, d].astype(np.float64)).reshape(pm.real_shape)
+            yield name, arr
         del values
-    del state
-    return SimResult(fields=out, pm=pm, config=cfg, timers=timers)
 
 
 def _per_component(psi1, psi2, c1, c2, box=None, factor=None, particles=None):
