@@ -28,6 +28,8 @@ setup(
         "horovod": ["horovod==0.28.1"],
         # pynbody: the independent reader of `cosmonet export` snapshots (tests/test_export.py)
         "test": ["pytest>=7.0", "hypothesis>=6.0", "pynbody>=2.0"],
+        # peers: JaxPM, the PM code benchmarks/bench_peers.py compares with (CPU jax is enough)
+        "peers": ["jax>=0.4.30", "jaxpm>=0.1.6"],
     },
     entry_points={"console_scripts": ["cosmonet=cosmonet.cli:main"]},
 )

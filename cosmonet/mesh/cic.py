@@ -57,6 +57,22 @@ def _position(arr, p, d, nc, start, spacing):
     return i * spacing + np.float64(arr[p, d])
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _lattice_xyz(arr, p, nc, start, spacing):
+    """The three coordinates of :func:`_position` for particle ``p`` at once (the same
+    float64 values, one lattice-index decomposition instead of three)."""
+    if nc == 0:
+        return np.float64(arr[p, 0]), np.float64(arr[p, 1]), np.float64(arr[p, 2])
+    g = start + p
+    nc2 = nc * nc
+    i = g // nc2
+    r = g - i * nc2
+    j = r // nc
+    k = r - j * nc
+    return (i * spacing + np.float64(arr[p, 0]), j * spacing + np.float64(arr[p, 1]),
+            k * spacing + np.float64(arr[p, 2]))
+
+
 @numba.njit(cache=True, nogil=True)
 def lattice_positions(disp, nc, start, spacing, out):
     """``out[p] = q(start + p) + disp[p]`` in float64 (not wrapped), Mpc/h."""
@@ -111,9 +127,10 @@ def paint_ghost(arr, nc, start, spacing, mass, order, first, slab, upper, ghost,
         cur[...] = 0
         for idx in range(first[l], first[l + 1]):
             p = order[idx]
-            dx = _cell(_position(arr, p, 0, nc, start, spacing), scale, n)[1]
-            iy, dy = _cell(_position(arr, p, 1, nc, start, spacing), scale, n)
-            iz, dz = _cell(_position(arr, p, 2, nc, start, spacing), scale, n)
+            px, py, pz = _lattice_xyz(arr, p, nc, start, spacing)
+            dx = _cell(px, scale, n)[1]
+            iy, dy = _cell(py, scale, n)
+            iz, dz = _cell(pz, scale, n)
             jy = iy + 1 if iy + 1 < n else 0
             jz = iz + 1 if iz + 1 < n else 0
             m = 1.0 if unit else np.float64(mass[p])
@@ -170,9 +187,10 @@ def readout_fd4_gradient(arr, nc, start, spacing, phi, lo, hi, x0, boxsize, out)
     ty = np.empty(6)
     tz = np.empty(6)
     for p in range(arr.shape[0]):
-        ix, dx = _cell(_position(arr, p, 0, nc, start, spacing), scale, n)
-        iy, dy = _cell(_position(arr, p, 1, nc, start, spacing), scale, n)
-        iz, dz = _cell(_position(arr, p, 2, nc, start, spacing), scale, n)
+        px, py, pz = _lattice_xyz(arr, p, nc, start, spacing)
+        ix, dx = _cell(px, scale, n)
+        iy, dy = _cell(py, scale, n)
+        iz, dz = _cell(pz, scale, n)
         lx = ix - x0
         if lx < 0 or lx >= nx:
             raise ValueError("readout: a particle lies outside this rank's slab")
