@@ -218,9 +218,23 @@ def load_checkpoint(path, expect_signature=None):
     if not isinstance(state, dict) or "model" not in state or "model_signature" not in state:
         raise InputError(f"checkpoint {path}: not a cosmonet checkpoint")
     if expect_signature is not None and state["model_signature"] != expect_signature:
-        raise InputError(f"checkpoint {path}: holds model {state['model_signature']}, "
-                         f"not the configured {expect_signature}")
+        raise InputError(f"checkpoint {path}: holds a model that is not the configured one "
+                         f"({_signature_difference(state['model_signature'], expect_signature)})")
     return state
+
+
+def _signature_difference(held, configured, prefix=""):
+    """The keys on which two model signatures differ, as ``key: held in the checkpoint,
+    configured`` items (nested dicts flattened with dots), so that an error line names them."""
+    if not (isinstance(held, dict) and isinstance(configured, dict)):
+        return f"{prefix or 'model'}: {held!r} in the checkpoint, {configured!r} configured"
+    items = []
+    for key in sorted(set(held) | set(configured), key=str):
+        a, b = held.get(key, "absent"), configured.get(key, "absent")
+        if a != b:
+            items.append(_signature_difference(a, b, f"{prefix}{key}.") if isinstance(a, dict) and isinstance(b, dict)
+                         else f"{prefix}{key}: {a!r} in the checkpoint, {b!r} configured")
+    return "; ".join(items)
 
 
 # --------------------------------------------------------------------------- what a --resume may change
