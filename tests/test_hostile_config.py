@@ -14,7 +14,7 @@ import yaml
 from mpi4py import MPI
 
 from cli_util import assert_clean_error, describe, file_tree
-from test_hostile import _run, _run_in_process
+from test_hostile import TRAIN_YAML, _run, _run_in_process
 
 CAMPAIGN_YAML = """\
 n_sims: 2
@@ -25,13 +25,6 @@ seed: 3
 shard_size: 1
 fields: [za/disp]
 splits: {train: 1, test: 1}
-"""
-
-TRAIN_YAML = """\
-model: {{name: unet, base_channels: 2, depth: 1, norm: batch}}
-data: {{root: {root}, val_split: "", scale: 5.0, num_workers: 0}}
-train: {{batch_size: 1, base_batch: 1, epochs: 1, log_every: 1}}
-out: {out}
 """
 
 HUGE = "x" * (1 << 20)                  # a 1 MiB value
