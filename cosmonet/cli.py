@@ -842,6 +842,15 @@ def build_parser():
 
 
 def main(argv=None):
+    """The ``cosmonet`` command: the exit code of the subcommand (2 for bad input)."""
+    code = _run_command(argv)
+    if "cosmonet.train.dist" in sys.modules:
+        from .train.dist import end_process
+        code = end_process(code)      # after a distributed run: exits here (see its docstring)
+    return code
+
+
+def _run_command(argv):
     args = None
     try:
         args = build_parser().parse_args(argv)

@@ -22,6 +22,9 @@ from ..errors import InputError
 
 BACKENDS = ("ddp", "horovod")
 
+# True once this process has run a torch.distributed process group: see end_process.
+_group_threads_left = False
+
 
 @dataclass(frozen=True)
 class World:
@@ -120,6 +123,8 @@ class DDPBackend(Backend):
                 os.environ.setdefault("MASTER_PORT", str(addr[1]))
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             dist.init_process_group(backend, rank=world.rank, world_size=world.size)
+            global _group_threads_left
+            _group_threads_left = True
         self.active = world.size > 1
 
     def allreduce_mean(self, tensor):
@@ -152,7 +157,16 @@ class DDPBackend(Backend):
         return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=True)
 
     def shutdown(self):
+        """Wait for every rank, free the process group and join its threads.
+
+        Collecting first lets the DataLoader workers of the finished run shut down. The gloo
+        threads may outlive this all the same: :func:`end_process` says why and ends the
+        process without letting them race the interpreter's exit.
+        """
         if self.active and self.dist.is_initialized():
+            import gc
+            self.dist.barrier()
+            gc.collect()
             self.dist.destroy_process_group()
 
 
@@ -202,3 +216,29 @@ def init_backend(name="ddp", world=None):
     if world.size == 1:
         return Backend(world)
     return DDPBackend(world)
+
+
+def end_process(code):
+    """Exit with ``code`` now if this process ran a torch.distributed group, else return it.
+
+    torch (2.13 at least) never frees a gloo process group once DistributedDataParallel has
+    broadcast through it (``_broadcast_coalesced``), so ``destroy_process_group`` cannot
+    join its run-loop threads. If one of them drops the last reference to a Python-owned
+    tensor while the interpreter finalises, it aborts the whole process: SIGABRT,
+    "terminate called without an active exception", exit 134 after a run that succeeded.
+    So such a process ends here, after :meth:`DDPBackend.shutdown`: standard streams
+    flushed, MPI finalised if mpi4py initialised it, then ``os._exit``, which runs no
+    finaliser a thread could race. Files the run wrote are closed by then.
+    """
+    if not _group_threads_left:
+        return code
+    import sys
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        mpi.Finalize()
+    os._exit(code if isinstance(code, int) else 1)
