@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -56,9 +55,38 @@ def training_log(run_dir, step):
     recs = [json.loads(line) for line in open(os.path.join(run_dir, "train_log.jsonl")) if line.strip()]
     steps = [r for r in recs if "loss" in r and r["step"] <= step]
     val = [r for r in recs if "val_loss" in r and r["step"] <= step]
-    return {"steps": step, "wall_seconds": round(wall_at(elapsed_by_step(run_dir), step), 1),
+    cpu = elapsed_by_step(run_dir, "cpu_seconds")
+    out = {"steps": step, "wall_seconds": round(wall_at(elapsed_by_step(run_dir), step), 1)}
+    if cpu:
+        out["cpu_seconds"] = round(wall_at(cpu, step), 1)
+    return {**out,
             "final_train_loss": float(np.mean([r["loss"] for r in steps[-10:]])),
             "validation": [{"step": r["step"], "val_loss": r["val_loss"]} for r in val]}
+
+
+STAGE_KEYS = ("steps", "samples_seen", "wall_seconds", "core_hours", "passes_over_pairs")
+
+
+def training_stages(prior_card, this_stage):
+    """The training stages behind the weights, oldest first, and their totals.
+
+    A run started from shipped weights (``train.init_from``) continues that network's
+    training: ``prior_card`` is the ``card.json`` those weights were shipped with. Its own
+    stages (or, for a card of one run, that run) come first; the totals add steps, samples,
+    wall time and core-hours over all stages.
+    """
+    stages = []
+    if prior_card is not None:
+        stages = list(prior_card.get("stages") or [dict(
+            {k: prior_card["training"][k] for k in STAGE_KEYS + ("hardware",) if k in prior_card["training"]},
+            lr=prior_card["config"]["train"]["lr"], seed=prior_card["config"]["train"]["seed"],
+            time_budget=prior_card["config"]["train"]["time_budget"],
+            init_from=prior_card["config"]["train"].get("init_from", ""),
+            out=prior_card["config"].get("out"))])
+    stages.append(this_stage)
+    totals = {k: round(sum(s.get(k) or 0 for s in stages), 3) for k in STAGE_KEYS}
+    totals["steps"], totals["samples_seen"] = int(totals["steps"]), int(totals["samples_seen"])
+    return stages, totals
 
 
 def density_goal(report):
@@ -119,6 +147,16 @@ def markdown(card):
             value = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                               for k, v in value["kwargs"].items())
         lines.append(f"| {label} | {value} |")
+    if len(card.get("stages", [])) > 1:
+        lines += ["", "Optimiser steps, samples, wall time and core-hours above are totals over the training "
+                  "stages; each stage after the first started from the weights of the one before "
+                  "(`train.init_from`) with a new optimiser and schedule:", "",
+                  "| stage | run | lr | seed | budget (s) | steps | samples | wall (s) | core-hours |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for i, st in enumerate(card["stages"], 1):
+            lines.append(f"| {i} | `{st.get('out')}` | {st['lr']:g} | {st['seed']} | {st['time_budget']:g} | "
+                         f"{st['steps']:,} | {st['samples_seen']:,} | {st['wall_seconds']:.0f} | "
+                         f"{st['core_hours']:.2f} |")
     import yaml
     lines += ["", f"The training config (`configs/{card['config_file']}` with the run's overrides), as stored in "
               "the weights:", "", "```yaml", yaml.safe_dump(card["config"], sort_keys=False).rstrip(), "```"]
@@ -158,7 +196,11 @@ def main():
     ap.add_argument("--config", default=os.path.join(ROOT, "configs", "d3m_cpu.yaml"))
     ap.add_argument("--work", default=None, help="scratch directory (default out/ship_NAME)")
     ap.add_argument("--hardware", default=platform.processor() or platform.machine())
-    ap.add_argument("--cores", type=float, default=1.0, help="cores the training used (core-hours)")
+    ap.add_argument("--cores", type=float, default=1.0,
+                    help="cores the training used (core-hours), for a log without cpu_seconds")
+    ap.add_argument("--prior-card", default=None,
+                    help="card.json of the weights the run started from (train.init_from): the card "
+                         "then lists both stages and their totals")
     ap.add_argument("--summary", default="")
     ap.add_argument("--fresh", action="store_true")
     args = ap.parse_args()
@@ -169,6 +211,10 @@ def main():
     log = os.path.join(work, "log.txt")
     cosmonet = os.path.join(os.path.dirname(sys.executable), "cosmonet")
 
+    prior = None
+    if args.prior_card:
+        with open(args.prior_card) as fh:     # read before export: it may be the card being replaced
+            prior = json.load(fh)
     out, state = export_weights(args.run_dir, args.name, {"hardware": args.hardware})
     t = training_log(args.run_dir, int(state["step"]))
     source = {"run": os.path.abspath(args.run_dir), "step": int(state["step"])}
@@ -220,15 +266,18 @@ def main():
     card = {"name": name, "summary": args.summary, "config_file": os.path.basename(args.config),
             "config": cfg, "model": state["model_signature"], "training_setup": state["training_setup"],
             "campaign": campaign_identity(cfg["data"]["root"]),
-            "training": dict(t, samples_seen=samples, core_hours=round(t["wall_seconds"] * args.cores / 3600, 3),
-                             precision=state.get("precision"), hardware=args.hardware,
+            "training": dict(t, samples_seen=samples, precision=state.get("precision"), hardware=args.hardware,
+                             core_hours=round((t.get("cpu_seconds") or t["wall_seconds"] * args.cores) / 3600, 3),
                              passes_over_pairs=round(samples / n_train, 2) if n_train else None),
             "evaluation_data": campaign_identity(args.eval_data), "evaluation": ev, "density_k_le_0.5": dens,
             "zero_input": zero, "cosmology": cosmo["cosmologies"],
             "probes": {k: _headline(k, v) for k, v in probes.items()},
             "figures": figures}
-    card.update({k: card["training"][k] for k in ("steps", "samples_seen", "passes_over_pairs", "wall_seconds",
-                                                   "core_hours", "precision", "hardware")})
+    this_stage = dict({k: card["training"][k] for k in STAGE_KEYS + ("hardware",)},
+                      lr=cfg["train"]["lr"], seed=cfg["train"]["seed"], time_budget=cfg["train"]["time_budget"],
+                      init_from=cfg["train"].get("init_from", ""), out=cfg.get("out"))
+    card["stages"], totals = training_stages(prior, this_stage)
+    card.update({k: card["training"][k] for k in ("precision", "hardware")}, **totals)
     card["goals"] = goals(ev, dens, zero, cosmo, probes["planewave"])
     for key in ("evaluation",):          # the per-k arrays stay in the card; slices are in the figures
         card[key] = {k: v for k, v in card[key].items() if k != "checkpoint"}
