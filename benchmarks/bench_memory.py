@@ -3,13 +3,19 @@
 
 Runs ``run_simulation`` once (all six output fields kept, as ``cosmonet run-sim`` does)
 on the current communicator and reports, per rank (max over ranks): the peak resident
-set size (``ru_maxrss``) after the imports and a tiny warm-up simulation (numba cache
-load, pyccl tables), the peak after the measured simulation, and the difference divided
-by the rank's particles. Also the process CPU time (``time.process_time``) of the
-measured simulation and its timer split. One JSON document on stdout (rank 0).
+set size (VmHWM, else ``ru_maxrss``) after the imports and a tiny warm-up simulation
+(numba cache load, pyccl tables), the peak after the measured simulation, and the
+difference divided by the rank's particles. Also the process CPU time
+(``time.process_time``) of the measured simulation and its timer split. One JSON
+document on stdout (rank 0).
+
+``--torch-batch B`` measures the batched torch engine instead (CPU, one thread, D3M
+boxes): peak RSS of a B-box batch above a 1-box warm-up, per box, its CPU time per box
+and the MPI engine's on the same seeds (``--chunk C``: boxes per pass).
 
     python benchmarks/bench_memory.py --nc 128 --steps 2
     mpirun -np 2 python benchmarks/bench_memory.py --nc 256 --steps 1
+    python benchmarks/bench_memory.py --torch-batch 8
 """
 import argparse
 import json
@@ -19,6 +25,16 @@ import time
 
 
 def maxrss_bytes():
+    """Peak resident set size of this process in bytes: VmHWM of /proc/self/status where
+    there is one (ru_maxrss survives exec on Linux, so a child of a large process, e.g.
+    one started by pytest, would report its parent's peak), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) * 1024.0          # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0   # Linux: KiB
 
 
