@@ -7,20 +7,22 @@ fractional offset, periodically on every axis. The mesh is flattened to ``(B, N^
 one ``scatter_add_`` / ``gather`` along its last axis serves the whole batch per corner.
 Paint and readout use the same stencil and are exact adjoints of each other.
 
-Memory: a stencil keeps 6 partial flat indices (int32 where torch accepts int32 indices,
-torch >= 2.8, and N^3 < 2^31; else int64) and 6 partial weights per particle -- 48 bytes
-per particle with float32 positions and int32 indices -- and nothing else of the
-positions it was built from.
+Memory: a stencil keeps 6 partial flat indices (int32 on the CPU with torch >= 2.8, which
+takes int32 indices in ``gather`` / ``scatter_add_``, when N^3 < 2^31; else int64 -- on
+CUDA too, where int32 indices have not been checked on a device yet) and 6 partial
+weights per particle -- 48 bytes per particle with float32 positions and int32 indices,
+72 with int64 -- and nothing else of the positions it was built from.
 """
 import torch
 
 _INT32_INDEX = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 8)
 
 
-def index_dtype(n_cells):
-    """The dtype of flat cell indices into ``n_cells`` cells: int32 where gather and
-    scatter take int32 indices (torch >= 2.8) and they fit, else int64."""
-    return torch.int32 if _INT32_INDEX and n_cells < 2 ** 31 else torch.int64
+def index_dtype(n_cells, device="cpu"):
+    """The dtype of flat cell indices into ``n_cells`` cells on ``device``: int32 on the
+    CPU where gather and scatter take int32 indices (torch >= 2.8) and they fit, else int64."""
+    cpu = torch.device(device).type == "cpu"
+    return torch.int32 if cpu and _INT32_INDEX and n_cells < 2 ** 31 else torch.int64
 
 
 class Stencil:
@@ -39,7 +41,7 @@ class Stencil:
         d = f.sub_(lower)                    # the fractional offset, in f's memory
         # pos in [0, L): the lower cell is N only by rounding of x N / L, and then d ~ 0
         lower.sub_((lower >= N).to(lower.dtype), alpha=N)
-        i0 = lower.to(index_dtype(N ** 3))
+        i0 = lower.to(index_dtype(N ** 3, pos.device))
         del lower
         i1 = i0 + 1
         i1.masked_fill_(i1 == N, 0)

@@ -12,7 +12,8 @@ Memory per box of the batch (N^3 float32 cells = 4 N^3 bytes, one "mesh"): the s
 (48 bytes per particle), then at most three meshes at a time -- the density and its
 transform during the forward FFT; the potential's transform, torch's copy of it (a c2r
 transform overwrites its input) and the potential during the inverse FFT; the potential,
-one gradient component and one difference during the gradient.
+one gradient component and one difference during the gradient. (Torch's batched inverse
+FFT on the CPU makes two more copies: ``run_batch`` passes one box at a time there.)
 """
 import torch
 
