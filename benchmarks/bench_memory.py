@@ -3,13 +3,19 @@
 
 Runs ``run_simulation`` once (all six output fields kept, as ``cosmonet run-sim`` does)
 on the current communicator and reports, per rank (max over ranks): the peak resident
-set size (``ru_maxrss``) after the imports and a tiny warm-up simulation (numba cache
-load, pyccl tables), the peak after the measured simulation, and the difference divided
-by the rank's particles. Also the process CPU time (``time.process_time``) of the
-measured simulation and its timer split. One JSON document on stdout (rank 0).
+set size (VmHWM, else ``ru_maxrss``) after the imports and a tiny warm-up simulation
+(numba cache load, pyccl tables), the peak after the measured simulation, and the
+difference divided by the rank's particles. Also the process CPU time
+(``time.process_time``) of the measured simulation and its timer split. One JSON
+document on stdout (rank 0).
+
+``--torch-batch B`` measures the batched torch engine instead (CPU, one thread, D3M
+boxes): peak RSS of a B-box batch above a 1-box warm-up, per box, its CPU time per box
+and the MPI engine's on the same seeds (``--chunk C``: boxes per pass).
 
     python benchmarks/bench_memory.py --nc 128 --steps 2
     mpirun -np 2 python benchmarks/bench_memory.py --nc 256 --steps 1
+    python benchmarks/bench_memory.py --torch-batch 8
 """
 import argparse
 import json
@@ -19,6 +25,16 @@ import time
 
 
 def maxrss_bytes():
+    """Peak resident set size of this process in bytes: VmHWM of /proc/self/status where
+    there is one (ru_maxrss survives exec on Linux, so a child of a large process, e.g.
+    one started by pytest, would report its parent's peak), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) * 1024.0          # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0   # Linux: KiB
 
 
@@ -32,9 +48,11 @@ def main(argv=None):
     p.add_argument("--torch-batch", type=int, default=0, metavar="B",
                    help="instead: the torch engine on the CPU, B boxes of nc 32 (D3M, 10 steps), "
                         "peak RSS above a 1-box warm-up, per box")
+    p.add_argument("--chunk", type=int, default=None, metavar="C",
+                   help="with --torch-batch: boxes per pass (run_batch's chunk; default its default)")
     args = p.parse_args(argv)
     if args.torch_batch:
-        return torch_bytes_per_box(args.torch_batch)
+        return torch_bytes_per_box(args.torch_batch, args.chunk)
 
     from mpi4py import MPI
     import numpy as np
@@ -69,25 +87,41 @@ def main(argv=None):
         print()
 
 
-def torch_bytes_per_box(B):
-    """Peak RSS of a torch-engine batch of B D3M boxes above a 1-box warm-up, per box."""
+def torch_bytes_per_box(B, chunk=None):
+    """Peak RSS of a torch-engine batch of B D3M boxes above a 1-box warm-up, per box (and
+    above the imports, which also counts the warm-up's one-off costs: library pages, FFT
+    plans, cosmology tables), its process CPU time per box, and the process CPU time per
+    box of the MPI engine (one rank, in-process) on the same seeds after the measurement.
+    ``chunk``: boxes per pass (None: run_batch's default)."""
     import torch
-    from cosmonet.sim.simulation import SimConfig
+    from cosmonet.sim.simulation import SimConfig, run_simulation
     from cosmonet.torchpm import run_batch
+    from cosmonet.extras import MPI
     torch.set_num_threads(1)
     cfg = SimConfig(nc=32, box=128.0, steps=10, boost=2)
-    run_batch(cfg, seeds=[0])
+    imports = maxrss_bytes()
+    kw = {} if chunk is None else {"chunk": chunk}
+    run_batch(cfg, seeds=[0], **kw)
     base = maxrss_bytes()
     c0 = time.process_time()
-    out = run_batch(cfg, seeds=list(range(1, B + 1)))
+    out = run_batch(cfg, seeds=list(range(1, B + 1)), **kw)
     cpu = time.process_time() - c0
     peak = maxrss_bytes()
     outputs = sum(v.nbytes for v in out.values())
-    json.dump({"engine": "torch (CPU)", "boxes": B, "nc": 32, "force_nmesh": 64, "steps": 10,
+    del out
+    run_simulation(SimConfig(nc=32, box=128.0, steps=10, boost=2, seed=0), MPI.COMM_SELF)   # warm-up
+    c0 = time.process_time()
+    for s in range(1, B + 1):
+        run_simulation(SimConfig(nc=32, box=128.0, steps=10, boost=2, seed=s), MPI.COMM_SELF)
+    cpu_mpi = time.process_time() - c0
+    json.dump({"engine": "torch (CPU)", "boxes": B, "chunk": chunk, "nc": 32, "force_nmesh": 64, "steps": 10,
                "peak_rss_mib": peak / 2 ** 20, "warmup_baseline_mib": base / 2 ** 20,
+               "imports_baseline_mib": imports / 2 ** 20,
                "bytes_per_box_above_warmup": (peak - base) / B,
+               "bytes_per_box_above_imports": (peak - imports) / B,
                "output_bytes_per_box": outputs / B,
-               "cpu_s_per_box": cpu / B}, sys.stdout, indent=1)
+               "cpu_s_per_box": cpu / B,
+               "mpi_engine_cpu_s_per_box": cpu_mpi / B}, sys.stdout, indent=1)
     print()
 
 
