@@ -179,6 +179,49 @@ class ParticleMesh:
         cic.owner_plane(np.ascontiguousarray(pos[:, 0]), self.BoxSize, self.Nmesh, planes)
         return Layout(self.comm, self.plane_owner[planes])
 
+    def route_lattice(self, disp, nc, start, chunk=2 ** 18):
+        """Layout and owner-side float64 positions of lattice particles, without a local
+        position array: ``disp`` (n, 3) float32 displacements (Mpc/h) of the particles of
+        global C-order lattice index ``start + p`` on an ``nc^3`` lattice of this box.
+
+        Positions are formed at most ``chunk`` (and a sixteenth of the) particles at a
+        time (the same float64 sums as
+        :func:`cic.lattice_positions`, so the same bits), first for the owner plane,
+        then in routing order, one exchange round at a time (:meth:`Layout.route`). Returns ``(layout,
+        positions)``, positions (n_owned, 3) Mpc/h in the order :meth:`decompose` and
+        ``layout.exchange`` would give. Collective.
+        """
+        n, spacing = len(disp), self.BoxSize / nc
+        if self.comm.size == 1:
+            pos = np.empty((n, 3), np.float64)
+            cic.lattice_positions(disp, nc, start, spacing, pos)
+            return Layout(self.comm, np.zeros(n, dtype=np.int32)), pos
+        dest = np.empty(n, dtype=np.int32)
+        m = max(1, min(chunk, -(-n // 16)))
+        pos, planes = np.empty((m, 3), np.float64), np.empty(m, np.int64)
+        for a in range(0, n, m):
+            b = min(a + m, n)
+            cic.lattice_positions(disp[a:b], nc, start + a, spacing, pos[:b - a])
+            cic.owner_plane(np.ascontiguousarray(pos[:b - a, 0]), self.BoxSize, self.Nmesh, planes[:b - a])
+            dest[a:b] = self.plane_owner[planes[:b - a]]
+        del pos, planes
+        layout = Layout(self.comm, dest)
+        del dest
+        nc2 = nc * nc
+
+        def rows(idx):                          # positions of local particles idx
+            g = idx + start
+            i = g // nc2
+            r = g - i * nc2
+            j = r // nc
+            k = r - j * nc
+            pos = np.empty((len(idx), 3), np.float64)
+            for d, q in enumerate((i, j, k)):   # q * spacing + float64(disp): _position's sum
+                np.add(q * spacing, disp[idx, d].astype(np.float64), out=pos[:, d])
+            return pos
+
+        return layout, layout.route(rows, 3, np.float64)
+
     def _neighbours(self):
         return (self.comm.rank + 1) % self.comm.size, (self.comm.rank - 1) % self.comm.size
 

@@ -156,13 +156,13 @@ class GravitySolver:
     def _force(self, arr, lattice, dtype):
         pm = self.pm
         if pm.comm.size > 1 or self.method == "kspace":
-            if lattice is not None:          # absolute positions, the same float64 sums
-                pos = np.empty(arr.shape, np.float64)
-                cic.lattice_positions(arr, lattice[0], lattice[1], pm.BoxSize / lattice[0], pos)
-                arr, lattice = pos, None
-            layout = pm.decompose(arr)
             with pm.timers("paint"):
-                opos = layout.exchange(arr)
+                if lattice is not None:      # owner-side absolute positions, the same float64 sums
+                    layout, opos = pm.route_lattice(arr, lattice[0], lattice[1])
+                    lattice = None
+                else:
+                    layout = pm.decompose(arr)
+                    opos = layout.exchange(arr)
             del arr                          # only the routed copy is needed from here
         else:
             layout, opos = None, arr
@@ -176,6 +176,7 @@ class GravitySolver:
             values = np.empty((len(opos), 3), dtype)
             cic.readout_fd4_gradient(opos, nc, start, pm.BoxSize / nc if nc else 0.0, psi, lo, hi,
                                      pm.x0, pm.BoxSize, values)
+            del opos                         # the routed positions go before the gather
             return values if layout is None else layout.gather(values)
 
     def _kspace_force(self, psi_k, pos, layout):
