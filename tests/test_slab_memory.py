@@ -8,7 +8,7 @@
   particles carry them, give the same bits as with the implicit ``start + p``;
 - on 2 ranks, the traced (numpy, tracemalloc: independent of the machine's load) peak
   allocation of a fresh nc 32, boost 2 simulation stays under 260 bytes per local
-  particle (measured 222; 340 with mpi4py-fft's PFFT and the old exchange), and the force
+  particle (measured 209; 340 with mpi4py-fft's PFFT and the old exchange), and the force
   mesh's FFT buffers take under 9.5 bytes per local float32 cell (one real, one complex
   buffer and two chunk buffers: 9.2 at N = 64).
 """
