@@ -4,6 +4,7 @@
   even, uneven splits): the forward transform equals numpy's float64 ``rfftn / N^3`` to
   float32 / float64 round-off, the round trip returns the field, a repeated transform
   gives the same bits;
+- a rank without particles paints, reads out and computes forces like one rank;
 - the CIC kernels (numba and numpy) given per-particle lattice indices, as routed
   particles carry them, give the same bits as with the implicit ``start + p``;
 - on 2 ranks, the traced (numpy, tracemalloc: independent of the machine's load) peak
@@ -86,6 +87,8 @@ def test_slab_fft_matches_numpy_on_several_ranks(ranks, tmp_path):
     r = np.load(out)
     assert int(r["ranks"]) == ranks
     _check_rows(r["fft"])
+    assert float(r["empty_rank_paint"]) < 1e-5          # a rank without particles
+    assert float(r["empty_rank_force"]) < 1e-5
     if ranks == 2:
         assert 60 < float(r["traced_bytes_per_particle"]) < 260, float(r["traced_bytes_per_particle"])
         assert float(r["fft_bytes_per_cell"]) < 9.5, float(r["fft_bytes_per_cell"])

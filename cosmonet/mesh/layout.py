@@ -104,7 +104,7 @@ class Layout:
         if self.order is None:
             return data
         data = np.asarray(data)
-        flat = data.reshape(len(data), -1)
+        flat = data.reshape(len(data), int(np.prod(data.shape[1:], dtype=np.int64)))
         out = self.route(lambda idx: flat[idx], flat.shape[1], data.dtype)
         return out.reshape((len(out),) + data.shape[1:])
 
@@ -114,7 +114,7 @@ class Layout:
         if self.order is None:
             return data
         data = np.ascontiguousarray(data)
-        flat = data.reshape(len(data), -1)
+        flat = data.reshape(len(data), int(np.prod(data.shape[1:], dtype=np.int64)))
         width = flat.shape[1]
         out = np.empty((self.n_local, width), data.dtype)
         row = MPI.BYTE.Create_contiguous(width * data.itemsize).Commit()

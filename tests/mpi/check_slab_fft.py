@@ -40,6 +40,31 @@ for dtype in (np.float32, np.float64):
                      comm.allreduce(back, op=MPI.MAX), comm.allreduce(same, op=MPI.LAND)))
 out = {"fft": np.array(rows, dtype=np.float64), "ranks": comm.size}
 
+# a rank without particles: paint, readout and the force (positions and lattice state)
+# match one rank's to round-off
+from cosmonet.mesh import ParticleMesh
+from cosmonet.sim.fastpm import GravitySolver, ParticleState
+nc, L = 6, 20.0
+rng = np.random.default_rng(3)
+disp_all = rng.normal(0.0, 1.5, (nc ** 3, 3)).astype(np.float32)
+pos_all = rng.uniform(0.0, L, (200, 3))
+mine = comm.rank == 0
+pm, pm1 = ParticleMesh(12, L, comm), ParticleMesh(12, L, MPI.COMM_SELF)
+rho = pm.paint(pos_all if mine else pos_all[:0])
+state = ParticleState(disp=disp_all if mine else disp_all[:0], mom=np.zeros((nc ** 3 if mine else 0, 3)),
+                      a=0.5, lattice=(nc, 0, L))
+forces = (GravitySolver(pm, 200).force(pos_all if mine else pos_all[:0]),
+          GravitySolver(pm, nc ** 3).force_state(state))
+full = pm.gather_real(rho)
+if comm.rank == 0:
+    ref = (GravitySolver(pm1, 200).force(pos_all),
+           GravitySolver(pm1, nc ** 3).force_state(ParticleState(disp=disp_all, mom=np.zeros((nc ** 3, 3)),
+                                                                 a=0.5, lattice=(nc, 0, L))))
+    out["empty_rank_paint"] = np.abs(full - pm1.paint(pos_all)).max()
+    out["empty_rank_force"] = max(np.abs(f - r).max() / np.abs(r).max() for f, r in zip(forces, ref))
+else:
+    assert forces[0].shape == (0, 3) and forces[1].shape == (0, 3)
+
 if "--memory" in sys.argv:
     from cosmonet.sim.simulation import SimConfig, run_simulation
     from cosmonet.mesh.pm import get_mesh
