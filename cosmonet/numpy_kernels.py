@@ -51,13 +51,17 @@ def _cell(x, scale, n):
     return np.mod(fl.astype(np.int64), n), d
 
 
-def _position(arr, p, d, nc, start, spacing):
+def _position(arr, p, d, nc, start, spacing, index=None):
     """cic._position for the particles ``p`` (a slice or an index array): coordinate
-    ``d`` in float64, ``arr[p, d]`` or lattice point plus displacement (not wrapped)."""
+    ``d`` in float64, ``arr[p, d]`` or lattice point plus displacement (not wrapped);
+    ``index``: per-particle global lattice indices in place of ``start + p``."""
     x = np.asarray(arr[p, d], dtype=np.float64)
     if nc == 0:
         return x
-    g = start + (np.arange(p.start, p.stop, dtype=np.int64) if isinstance(p, slice) else p)
+    if index is not None:
+        g = np.asarray(index[p], dtype=np.int64)
+    else:
+        g = start + (np.arange(p.start, p.stop, dtype=np.int64) if isinstance(p, slice) else p)
     if d == 0:
         i = g // (nc * nc)
     elif d == 1:
@@ -80,21 +84,21 @@ def lattice_positions(disp, nc, start, spacing, out):
             out[s, d] = _position(disp, s, d, nc, start, spacing)
 
 
-def plane_order(arr, nc, start, spacing, x0, nx, boxsize, n, order, first):
+def plane_order(arr, nc, start, spacing, x0, nx, boxsize, n, order, first, index=None):
     """cic.plane_order: stable counting sort of the particles by lower x-plane, into
     ``order`` (n_p,) and ``first`` (nx + 1,); ValueError for a particle outside the slab."""
     scale = n / boxsize
     n_p = arr.shape[0]
     counts = np.zeros(nx, dtype=np.int64)
     for s in _chunks(n_p):
-        lx = _cell(_position(arr, s, 0, nc, start, spacing), scale, n)[0] - x0
+        lx = _cell(_position(arr, s, 0, nc, start, spacing, index), scale, n)[0] - x0
         _outside(lx, nx, "paint")
         counts += np.bincount(lx, minlength=nx)
     first[0] = 0
     first[1:] = np.cumsum(counts)
     fill = np.array(first[:nx], dtype=np.int64)
     for s in _chunks(n_p):
-        lx = _cell(_position(arr, s, 0, nc, start, spacing), scale, n)[0] - x0
+        lx = _cell(_position(arr, s, 0, nc, start, spacing, index), scale, n)[0] - x0
         by_plane = np.argsort(lx, kind="stable")
         planes = lx[by_plane]
         in_chunk = np.bincount(lx, minlength=nx)
@@ -103,7 +107,7 @@ def plane_order(arr, nc, start, spacing, x0, nx, boxsize, n, order, first):
         fill += in_chunk
 
 
-def paint_ghost(arr, nc, start, spacing, mass, order, first, slab, upper, ghost, x0, boxsize):
+def paint_ghost(arr, nc, start, spacing, mass, order, first, slab, upper, ghost, x0, boxsize, index=None):
     """cic.paint_ghost: CIC paint plane by plane, ``slab`` overwritten, ``ghost`` the plane
     above the slab; each cell's additions in the kernel's order and dtype (bitwise equal)."""
     nx, n = slab.shape[0], slab.shape[1]
@@ -117,9 +121,9 @@ def paint_ghost(arr, nc, start, spacing, mass, order, first, slab, upper, ghost,
         lower_flat, upper_flat = slab[l].reshape(-1), cur.reshape(-1)
         for s in _chunks(int(first[l + 1] - first[l])):
             p = np.asarray(order[first[l] + s.start:first[l] + s.stop], dtype=np.int64)
-            dx = _cell(_position(arr, p, 0, nc, start, spacing), scale, n)[1]
-            iy, dy = _cell(_position(arr, p, 1, nc, start, spacing), scale, n)
-            iz, dz = _cell(_position(arr, p, 2, nc, start, spacing), scale, n)
+            dx = _cell(_position(arr, p, 0, nc, start, spacing, index), scale, n)[1]
+            iy, dy = _cell(_position(arr, p, 1, nc, start, spacing, index), scale, n)
+            iz, dz = _cell(_position(arr, p, 2, nc, start, spacing, index), scale, n)
             jy = np.where(iy + 1 < n, iy + 1, 0)
             jz = np.where(iz + 1 < n, iz + 1, 0)
             m = 1.0 if unit else np.asarray(mass[p], dtype=np.float64)
@@ -167,7 +171,7 @@ class _Planes:
         return v
 
 
-def readout_fd4_gradient(arr, nc, start, spacing, phi, lo, hi, x0, boxsize, out):
+def readout_fd4_gradient(arr, nc, start, spacing, phi, lo, hi, x0, boxsize, out, index=None):
     """cic.readout_fd4_gradient: CIC readout of the FD4 gradient of ``phi`` (nx, N, N)
     with halos ``lo`` (2, N, N), ``hi`` (3, N, N) into ``out`` (n, 3); the kernel's sums."""
     nx, n = phi.shape[0], phi.shape[1]
@@ -175,9 +179,9 @@ def readout_fd4_gradient(arr, nc, start, spacing, phi, lo, hi, x0, boxsize, out)
     c1 = 8.0 / (12.0 * (boxsize / n))
     c2 = 1.0 / (12.0 * (boxsize / n))
     for s in _chunks(arr.shape[0], CHUNK // 4):
-        ix, dx = _cell(_position(arr, s, 0, nc, start, spacing), scale, n)
-        iy, dy = _cell(_position(arr, s, 1, nc, start, spacing), scale, n)
-        iz, dz = _cell(_position(arr, s, 2, nc, start, spacing), scale, n)
+        ix, dx = _cell(_position(arr, s, 0, nc, start, spacing, index), scale, n)
+        iy, dy = _cell(_position(arr, s, 1, nc, start, spacing, index), scale, n)
+        iz, dz = _cell(_position(arr, s, 2, nc, start, spacing, index), scale, n)
         lx = ix - x0
         _outside(lx, nx, "readout")
         f = _Planes(phi, lo, hi, lx)

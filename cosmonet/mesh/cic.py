@@ -39,15 +39,24 @@ def _cell(x, scale, n):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _position(arr, p, d, nc, start, spacing):
+def _gindex(index, start, p):
+    """Global lattice index of particle ``p``: ``start + p``, or ``index[p]`` when the
+    particles carry their index (routed particles of several ranks)."""
+    if index is None:
+        return start + p
+    return np.int64(index[p])
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _position(arr, p, d, nc, start, spacing, index=None):
     """Coordinate ``d`` of particle ``p``: ``arr[p, d]`` when ``nc == 0`` (absolute
-    positions), else the lattice point of global index ``start + p`` on an ``nc^3``
-    lattice of spacing ``spacing`` plus the displacement ``arr[p, d]`` (float64 sum, not
-    wrapped: :func:`_cell` wraps). The MPI path forms the same sum in
-    :func:`lattice_positions`, so both give the same bits."""
+    positions), else the lattice point of global index ``start + p`` (``index[p]`` when
+    ``index`` is given) on an ``nc^3`` lattice of spacing ``spacing`` plus the
+    displacement ``arr[p, d]`` (float64 sum, not wrapped: :func:`_cell` wraps). The MPI
+    path forms the same sum in :func:`lattice_positions`, so both give the same bits."""
     if nc == 0:
         return np.float64(arr[p, d])
-    g = start + p
+    g = _gindex(index, start, p)
     if d == 0:
         i = g // (nc * nc)
     elif d == 1:
@@ -58,12 +67,12 @@ def _position(arr, p, d, nc, start, spacing):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _lattice_xyz(arr, p, nc, start, spacing):
+def _lattice_xyz(arr, p, nc, start, spacing, index=None):
     """The three coordinates of :func:`_position` for particle ``p`` at once (the same
     float64 values, one lattice-index decomposition instead of three)."""
     if nc == 0:
         return np.float64(arr[p, 0]), np.float64(arr[p, 1]), np.float64(arr[p, 2])
-    g = start + p
+    g = _gindex(index, start, p)
     nc2 = nc * nc
     i = g // nc2
     r = g - i * nc2
@@ -82,15 +91,16 @@ def lattice_positions(disp, nc, start, spacing, out):
 
 
 @numba.njit(cache=True, nogil=True)
-def plane_order(arr, nc, start, spacing, x0, nx, boxsize, n, order, first):
+def plane_order(arr, nc, start, spacing, x0, nx, boxsize, n, order, first, index=None):
     """Stable counting sort of the particles by their lower x-plane: ``order`` (n_p,)
     lists the particles plane by plane (in their original order within a plane) and the
     particles of local plane ``l`` are ``order[first[l]:first[l + 1]]``; ``first`` has
-    nx + 1 entries. A particle outside the slab raises ValueError."""
+    nx + 1 entries. A particle outside the slab raises ValueError. ``index``: per-particle
+    global lattice indices in place of ``start + p`` (see :func:`_position`)."""
     scale = n / boxsize
     first[:] = 0
     for p in range(arr.shape[0]):
-        lx = _cell(_position(arr, p, 0, nc, start, spacing), scale, n)[0] - x0
+        lx = _cell(_position(arr, p, 0, nc, start, spacing, index), scale, n)[0] - x0
         if lx < 0 or lx >= nx:
             raise ValueError("paint: a particle lies outside this rank's slab")
         first[lx + 1] += 1
@@ -98,17 +108,18 @@ def plane_order(arr, nc, start, spacing, x0, nx, boxsize, n, order, first):
         first[l + 1] += first[l]
     fill = first[:nx].copy()
     for p in range(arr.shape[0]):
-        lx = _cell(_position(arr, p, 0, nc, start, spacing), scale, n)[0] - x0
+        lx = _cell(_position(arr, p, 0, nc, start, spacing, index), scale, n)[0] - x0
         order[fill[lx]] = p
         fill[lx] += 1
 
 
 @numba.njit(cache=True, nogil=True)
-def paint_ghost(arr, nc, start, spacing, mass, order, first, slab, upper, ghost, x0, boxsize):
+def paint_ghost(arr, nc, start, spacing, mass, order, first, slab, upper, ghost, x0, boxsize, index=None):
     """CIC-paint the particles into ``slab`` (nx, N, N, overwritten) plane by plane, in
     the mesh's dtype, in an order that does not depend on the number of ranks.
 
-    Positions come from :func:`_position` (``nc == 0``: ``arr`` holds them); ``mass``
+    Positions come from :func:`_position` (``nc == 0``: ``arr`` holds them; ``index``:
+    per-particle global lattice indices in place of ``start + p``); ``mass``
     has one weight per particle, or is empty for unit weights; ``order``/``first`` from
     :func:`plane_order`. Every cell of plane ``l`` ends as ``L_l + U_(l-1)``: ``L_l`` the
     sum of the lower-x weights of the particles of plane ``l``, ``U_(l-1)`` that of the
@@ -127,7 +138,7 @@ def paint_ghost(arr, nc, start, spacing, mass, order, first, slab, upper, ghost,
         cur[...] = 0
         for idx in range(first[l], first[l + 1]):
             p = order[idx]
-            px, py, pz = _lattice_xyz(arr, p, nc, start, spacing)
+            px, py, pz = _lattice_xyz(arr, p, nc, start, spacing, index)
             dx = _cell(px, scale, n)[1]
             iy, dy = _cell(py, scale, n)
             iz, dz = _cell(pz, scale, n)
@@ -165,7 +176,7 @@ def _taps(w1, c1, c2, out):
 
 
 @numba.njit(cache=True, nogil=True)
-def readout_fd4_gradient(arr, nc, start, spacing, phi, lo, hi, x0, boxsize, out):
+def readout_fd4_gradient(arr, nc, start, spacing, phi, lo, hi, x0, boxsize, out, index=None):
     """CIC readout of the 4-point finite-difference gradient of ``phi`` at each particle.
 
     At a mesh node the gradient along an axis is
@@ -176,6 +187,7 @@ def readout_fd4_gradient(arr, nc, start, spacing, phi, lo, hi, x0, boxsize, out)
     no gradient mesh is stored. ``phi`` (nx, N, N) is the local slab, ``lo`` (2, N, N)
     the planes ``x0 - 2, x0 - 1`` and ``hi`` (3, N, N) the planes ``x0 + nx .. x0 + nx + 2``
     (periodic, from other ranks). ``out`` (n, 3) receives the three components.
+    ``index``: per-particle global lattice indices in place of ``start + p``.
     """
     nx, n = phi.shape[0], phi.shape[1]
     scale = n / boxsize
@@ -187,7 +199,7 @@ def readout_fd4_gradient(arr, nc, start, spacing, phi, lo, hi, x0, boxsize, out)
     ty = np.empty(6)
     tz = np.empty(6)
     for p in range(arr.shape[0]):
-        px, py, pz = _lattice_xyz(arr, p, nc, start, spacing)
+        px, py, pz = _lattice_xyz(arr, p, nc, start, spacing, index)
         ix, dx = _cell(px, scale, n)
         iy, dy = _cell(py, scale, n)
         iz, dz = _cell(pz, scale, n)

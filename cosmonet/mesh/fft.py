@@ -2,8 +2,10 @@
 
 One rank: FFTW plans from mpi4py-fft's ``fftw`` module on aligned buffers (numpy's FFT when
 mpi4py-fft is not installed: the core install without the [mpi] extra). Several ranks:
-mpi4py-fft's ``PFFT`` with a slab decomposition (real fields split along x, complex fields
-along y). Either way a :class:`SlabFFT` owns two buffers, a real one (``fwd_in``, also named
+:class:`~cosmonet.mesh.slab.MPISlabFFT`, a slab decomposition of our own on the same FFTW
+bindings (real fields split along x, complex fields along y, the split of mpi4py-fft's
+slab ``PFFT``), with 2-D transforms of the local planes, ``Alltoallv`` transposes in
+chunks and in-place 1-D transforms along x. Either way a :class:`SlabFFT` owns two buffers, a real one (``fwd_in``, also named
 ``bwd_out``) and a complex one (``fwd_out``, also named ``bwd_in``), and :meth:`forward` /
 :meth:`backward` transform between them: a forward transform overwrites the complex buffer,
 a backward one the real buffer (and, FFTW c2r destroying its input, the complex buffer). Reusing buffers
@@ -58,19 +60,16 @@ class SlabFFT:
             self.forward = self._serial_forward
             self.backward = self._serial_backward
         else:
-            from mpi4py_fft import PFFT
-            # collapse: one 2-D transform of the local (y, z) planes instead of two 1-D
-            # stages, so the plan holds 4 arrays (16.6 bytes per local float32 cell) not 6 (24.6)
-            self._pfft = PFFT(comm, shape, axes=(0, 1, 2), dtype=self.dtype, grid=(-1,),
-                              planner_effort=PLANNER_EFFORT, collapse=True)
-            self.real_slice = self._pfft.local_slice(False)
-            self.complex_slice = self._pfft.local_slice(True)
-            self.fwd_in = self._pfft.forward.input_array
-            self.fwd_out = self._pfft.forward.output_array
-            self.bwd_in = self._pfft.backward.input_array
-            self.bwd_out = self._pfft.backward.output_array
-            self.forward = self._parallel_forward
-            self.backward = self._parallel_backward
+            # our slab FFT: one real and one complex buffer, as on one rank (mpi4py-fft's
+            # PFFT keeps four arrays per plan even with collapse=True): mesh/slab.py
+            from .slab import MPISlabFFT
+            self._slab = MPISlabFFT(comm, N, self.dtype, planner_effort=PLANNER_EFFORT)
+            self.real_slice = self._slab.real_slice
+            self.complex_slice = self._slab.complex_slice
+            self.fwd_in = self.bwd_out = self._slab.fwd_in
+            self.fwd_out = self.bwd_in = self._slab.fwd_out
+            self.forward = self._slab.forward
+            self.backward = self._slab.backward
 
     def _numpy_transforms(self, N):
         """One rank without mpi4py-fft (an install without the [mpi] extra): numpy's FFT on
@@ -98,12 +97,6 @@ class SlabFFT:
     def _serial_backward(self):
         self._bwd()
 
-    def _parallel_forward(self):
-        self._pfft.forward(normalize=True)
-
-    def _parallel_backward(self):
-        self._pfft.backward()
-
 
 def _have_fftw():
     """True when mpi4py-fft's FFTW bindings import (the [mpi] extra)."""
@@ -130,4 +123,6 @@ def clear_cache(comm=None):
     """Forget cached plans (of ``comm`` only, when given)."""
     for key in list(_CACHE):
         if comm is None or key[:2] == (comm.py2f(), comm.size):
-            del _CACHE[key]
+            plan = _CACHE.pop(key)
+            if hasattr(plan, "_slab"):
+                plan._slab.free()

@@ -24,6 +24,12 @@ def _counting_order(dest, n_ranks):
     return order
 
 
+#: particles (rows) per round of an exchange or gather: bounds the send/receive copies
+CHUNK = 2 ** 18
+#: at least this many rounds, so the copies stay a small fraction of the particles
+MIN_ROUNDS = 16
+
+
 class Layout:
     """A routing of ``n`` local particles to destination ranks ``dest`` (int array)."""
 
@@ -35,23 +41,53 @@ class Layout:
             self.order = None
             return
         dest = np.asarray(dest, dtype=np.int64)
-        self.order = _counting_order(dest, comm.size)
+        order = _counting_order(dest, comm.size)
+        # kept for the layout's life (paint to gather): int32 halves it (4 bytes a particle)
+        self.order = order.astype(np.int32) if len(order) < 2 ** 31 else order
+        del order
         self.send_counts = np.bincount(dest, minlength=comm.size).astype(np.int64)
         self.recv_counts = np.empty_like(self.send_counts)
         comm.Alltoall(self.send_counts, self.recv_counts)
+        self._send_start = np.concatenate([[0], np.cumsum(self.send_counts)[:-1]]).astype(np.int64)
+        self._recv_start = np.concatenate([[0], np.cumsum(self.recv_counts)[:-1]]).astype(np.int64)
+        self._n_rounds = None
 
-    def _alltoallv(self, data, send_counts, recv_counts):
-        row = int(np.prod(data.shape[1:], dtype=np.int64)) * data.dtype.itemsize
-        data = np.ascontiguousarray(data)
-        out = np.empty((int(recv_counts.sum()),) + data.shape[1:], dtype=data.dtype)
-        sc = send_counts * row
-        rc = recv_counts * row
-        sd = np.concatenate([[0], np.cumsum(sc)[:-1]])
-        rd = np.concatenate([[0], np.cumsum(rc)[:-1]])
-        self.comm.Alltoallv([data.view(np.uint8).reshape(-1) if data.size else np.empty(0, np.uint8),
-                             (sc, sd), MPI.BYTE],
-                            [out.view(np.uint8).reshape(-1) if out.size else np.empty(0, np.uint8),
-                             (rc, rd), MPI.BYTE])
+    def _rounds(self):
+        """Rounds of an exchange (the same on every rank): ``CHUNK`` rows per round at
+        most, and at least ``MIN_ROUNDS`` rounds."""
+        if self._n_rounds is None:
+            mine = max(MIN_ROUNDS, -(-max(self.n_local, int(self.recv_counts.sum())) // CHUNK))
+            self._n_rounds = self.comm.allreduce(mine, op=MPI.MAX)
+        return self._n_rounds
+
+    def _round(self, t, rounds):
+        """Round ``t``: local indices sent (routing order), send counts, receive counts
+        and receive displacements (rows, into the owner-side array)."""
+        s_lo = self.send_counts * t // rounds
+        s_hi = self.send_counts * (t + 1) // rounds
+        r_lo = self.recv_counts * t // rounds
+        r_hi = self.recv_counts * (t + 1) // rounds
+        idx = np.concatenate([self.order[a + lo:a + hi]
+                              for a, lo, hi in zip(self._send_start, s_lo, s_hi)])
+        return idx, s_hi - s_lo, r_hi - r_lo, self._recv_start + r_lo
+
+    def route(self, make_rows, width, dtype):
+        """Owner-side array (n_owned, ``width``) of ``dtype`` whose rows ``make_rows(idx)``
+        builds for local particles ``idx`` (an index array in routing order), in the order
+        of :meth:`exchange`. Sent in rounds of at most ``CHUNK`` rows straight into the
+        result, so no full-size send copy exists. Collective."""
+        out = np.empty((int(self.recv_counts.sum()), width), dtype)
+        row = MPI.BYTE.Create_contiguous(width * out.itemsize).Commit()
+        try:
+            rounds = self._rounds()
+            for t in range(rounds):
+                idx, sc, rc, rd = self._round(t, rounds)
+                rows = np.ascontiguousarray(make_rows(idx), dtype=dtype).reshape(len(idx), width)
+                sd = np.concatenate([[0], np.cumsum(sc)[:-1]])
+                self.comm.Alltoallv([rows, (sc.tolist(), sd.tolist()), row],
+                                    [out, (rc.tolist(), rd.tolist()), row])
+        finally:
+            row.Free()
         return out
 
     def exchange_positions(self, pos):
@@ -67,13 +103,30 @@ class Layout:
         """Send ``data`` (first axis: local particles) to the owning ranks."""
         if self.order is None:
             return data
-        return self._alltoallv(np.asarray(data)[self.order], self.send_counts, self.recv_counts)
+        data = np.asarray(data)
+        flat = data.reshape(len(data), int(np.prod(data.shape[1:], dtype=np.int64)))
+        out = self.route(lambda idx: flat[idx], flat.shape[1], data.dtype)
+        return out.reshape((len(out),) + data.shape[1:])
 
     def gather(self, data):
-        """Return owner-side ``data`` to the particles' home ranks, in original order."""
+        """Return owner-side ``data`` to the particles' home ranks, in original order
+        (in rounds of at most ``CHUNK`` rows: no full-size receive copy). Collective."""
         if self.order is None:
             return data
-        back = self._alltoallv(np.asarray(data), self.recv_counts, self.send_counts)
-        out = np.empty_like(back)
-        out[self.order] = back
-        return out
+        data = np.ascontiguousarray(data)
+        flat = data.reshape(len(data), int(np.prod(data.shape[1:], dtype=np.int64)))
+        width = flat.shape[1]
+        out = np.empty((self.n_local, width), data.dtype)
+        row = MPI.BYTE.Create_contiguous(width * data.itemsize).Commit()
+        try:
+            rounds = self._rounds()
+            for t in range(rounds):
+                idx, sc, rc, rd = self._round(t, rounds)   # the exchange's round, reversed
+                buf = np.empty((len(idx), width), data.dtype)
+                bd = np.concatenate([[0], np.cumsum(sc)[:-1]])
+                self.comm.Alltoallv([flat, (rc.tolist(), rd.tolist()), row],
+                                    [buf, (sc.tolist(), bd.tolist()), row])
+                out[idx] = buf
+        finally:
+            row.Free()
+        return out.reshape((self.n_local,) + data.shape[1:])

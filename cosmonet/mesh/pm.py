@@ -179,6 +179,68 @@ class ParticleMesh:
         cic.owner_plane(np.ascontiguousarray(pos[:, 0]), self.BoxSize, self.Nmesh, planes)
         return Layout(self.comm, self.plane_owner[planes])
 
+    def route_lattice(self, disp, nc, start, absolute=False, chunk=2 ** 18):
+        """Route lattice particles to the ranks that own their x-planes, without a local
+        position array: ``disp`` (n, 3) float32 displacements (Mpc/h) of the particles of
+        global C-order lattice index ``start + p`` on an ``nc^3`` lattice of this box.
+
+        Returns ``(layout, arr, index)`` with the owned particles in the order
+        :meth:`decompose` and ``layout.exchange`` would give: by default ``arr`` their
+        float32 displacements (n_owned, 3) and ``index`` their int32 global lattice indices
+        (n_owned,) -- 16 bytes a particle, for the kernels' ``lattice=(nc, 0)`` with
+        ``index`` (views into one received array); with ``absolute=True``, or when
+        ``nc^3`` exceeds int32, ``arr`` the float64 positions (n_owned, 3) Mpc/h and
+        ``index`` None. Either way the kernels form the same float64 sums as
+        :func:`cic.lattice_positions`, so the same bits.
+
+        The owner planes are found at most ``chunk`` (and a sixteenth of the) particles at
+        a time, the rows are built in routing order one exchange round at a time
+        (:meth:`Layout.route`). Collective.
+        """
+        n, spacing = len(disp), self.BoxSize / nc
+        absolute = absolute or nc ** 3 > 2 ** 31 - 1
+        if self.comm.size == 1:
+            layout = Layout(self.comm, np.zeros(n, dtype=np.int32))
+            if not absolute:
+                return layout, disp, np.arange(start, start + n, dtype=np.int32)
+            pos = np.empty((n, 3), np.float64)
+            cic.lattice_positions(disp, nc, start, spacing, pos)
+            return layout, pos, None
+        dest = np.empty(n, dtype=np.int32)
+        m = max(1, min(chunk, -(-n // 16)))
+        pos, planes = np.empty((m, 3), np.float64), np.empty(m, np.int64)
+        for a in range(0, n, m):
+            b = min(a + m, n)
+            cic.lattice_positions(disp[a:b], nc, start + a, spacing, pos[:b - a])
+            cic.owner_plane(np.ascontiguousarray(pos[:b - a, 0]), self.BoxSize, self.Nmesh, planes[:b - a])
+            dest[a:b] = self.plane_owner[planes[:b - a]]
+        del pos, planes
+        layout = Layout(self.comm, dest)
+        del dest
+        if not absolute:
+            def lean(idx):                      # 3 float32 displacements + the int32 index
+                rows = np.empty((len(idx), 4), np.float32)
+                rows[:, :3] = disp[idx]
+                rows.view(np.int32)[:, 3] = idx + start
+                return rows
+
+            routed = layout.route(lean, 4, np.float32)
+            return layout, routed[:, :3], routed.view(np.int32)[:, 3]
+        nc2 = nc * nc
+
+        def positions(idx):                     # float64 positions of local particles idx
+            g = idx + start
+            i = g // nc2
+            r = g - i * nc2
+            j = r // nc
+            k = r - j * nc
+            pos = np.empty((len(idx), 3), np.float64)
+            for d, q in enumerate((i, j, k)):   # q * spacing + float64(disp): _position's sum
+                np.add(q * spacing, disp[idx, d].astype(np.float64), out=pos[:, d])
+            return pos
+
+        return layout, layout.route(positions, 3, np.float64), None
+
     def _neighbours(self):
         return (self.comm.rank + 1) % self.comm.size, (self.comm.rank - 1) % self.comm.size
 
@@ -207,14 +269,16 @@ class ParticleMesh:
         self.paint_into(out, opos, omass)
         return out
 
-    def paint_into(self, out, arr, mass=None, lattice=None):
+    def paint_into(self, out, arr, mass=None, lattice=None, index=None):
         """CIC-paint particles that this rank owns into ``out`` (local real slab, mesh
         dtype, overwritten), folding in the plane painted above the slab from the rank below.
 
         ``arr`` (n, 3): absolute positions (Mpc/h), or, with ``lattice = (nc, start)``,
         float32 displacements of the particles of global lattice index ``start + p`` on
         an ``nc^3`` lattice of this box (positions q + disp formed in float64 in the
-        kernel). ``mass``: per-particle weights, None or empty for 1. Collective.
+        kernel); with ``index`` (n,) int32/int64 as well, the particles' global lattice
+        indices instead of ``start + p`` (routed particles: :meth:`route_lattice`).
+        ``mass``: per-particle weights, None or empty for 1. Collective.
         """
         nc, start = (0, 0) if lattice is None else (int(lattice[0]), int(lattice[1]))
         spacing = self.BoxSize / nc if nc else 0.0
@@ -225,8 +289,9 @@ class ParticleMesh:
         upper, ghost = self._paint_buffer[:2], self._paint_buffer[2]
         order = np.empty(len(arr), dtype=np.int32 if len(arr) < 2 ** 31 else np.int64)
         first = np.zeros(nx + 1, dtype=np.int64)
-        cic.plane_order(arr, nc, start, spacing, self.x0, nx, self.BoxSize, N, order, first)
-        cic.paint_ghost(arr, nc, start, spacing, mass, order, first, out, upper, ghost, self.x0, self.BoxSize)
+        cic.plane_order(arr, nc, start, spacing, self.x0, nx, self.BoxSize, N, order, first, index)
+        cic.paint_ghost(arr, nc, start, spacing, mass, order, first, out, upper, ghost, self.x0, self.BoxSize,
+                        index)
         del order
         if self.comm.size == 1:
             out[0] += ghost

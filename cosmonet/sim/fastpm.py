@@ -143,11 +143,11 @@ class GravitySolver:
             raise ValueError(f"particle lattice box {box} differs from the mesh's {self.pm.BoxSize}")
         return self._force(state.disp, (nc, start), state.disp.dtype)
 
-    def _potential_k(self, opos, lattice):
+    def _potential_k(self, opos, lattice, index=None):
         """Paint, forward FFT, psi(k) = delta(k) / k^2 in the mesh's complex buffer."""
         pm = self.pm
         with pm.timers("paint"):
-            rho = pm.paint_into(pm.real_workspace, opos, lattice=lattice)
+            rho = pm.paint_into(pm.real_workspace, opos, lattice=lattice, index=index)
         psi_k = pm.r2c(rho, out=pm.complex_workspace)
         kx, ky, kz = self._k1          # not under a timer: the split books it as "rest"
         scale_by_inverse_k2(psi_k, kx, ky, kz, 1.0 / self.nbar)
@@ -156,17 +156,18 @@ class GravitySolver:
     def _force(self, arr, lattice, dtype):
         pm = self.pm
         if pm.comm.size > 1 or self.method == "kspace":
-            if lattice is not None:          # absolute positions, the same float64 sums
-                pos = np.empty(arr.shape, np.float64)
-                cic.lattice_positions(arr, lattice[0], lattice[1], pm.BoxSize / lattice[0], pos)
-                arr, lattice = pos, None
-            layout = pm.decompose(arr)
             with pm.timers("paint"):
-                opos = layout.exchange(arr)
+                if lattice is not None:      # owned displacements + lattice indices (kspace: positions)
+                    layout, opos, index = pm.route_lattice(arr, lattice[0], lattice[1],
+                                                           absolute=self.method == "kspace")
+                    lattice = None if index is None else (lattice[0], 0)
+                else:
+                    layout, index = pm.decompose(arr), None
+                    opos = layout.exchange(arr)
             del arr                          # only the routed copy is needed from here
         else:
-            layout, opos = None, arr
-        psi_k = self._potential_k(opos, lattice)
+            layout, opos, index = None, arr, None
+        psi_k = self._potential_k(opos, lattice, index)
         if self.method == "kspace":
             return self._kspace_force(psi_k, opos, layout).astype(dtype, copy=False)
         psi = pm.c2r(psi_k, out=pm.real_workspace)
@@ -175,7 +176,8 @@ class GravitySolver:
             nc, start = (0, 0) if lattice is None else lattice
             values = np.empty((len(opos), 3), dtype)
             cic.readout_fd4_gradient(opos, nc, start, pm.BoxSize / nc if nc else 0.0, psi, lo, hi,
-                                     pm.x0, pm.BoxSize, values)
+                                     pm.x0, pm.BoxSize, values, index)
+            del opos, index                  # the routed particles go before the gather
             return values if layout is None else layout.gather(values)
 
     def _kspace_force(self, psi_k, pos, layout):
