@@ -77,11 +77,12 @@ def _outside(lx, nx, what):
 
 
 # --------------------------------------------------------------------------- cic
-def lattice_positions(disp, nc, start, spacing, out):
-    """cic.lattice_positions: ``out[p] = q(start + p) + disp[p]`` in float64, Mpc/h."""
+def lattice_positions(disp, nc, start, spacing, out, index=None):
+    """cic.lattice_positions: ``out[p] = q(start + p) + disp[p]`` in float64, Mpc/h
+    (``q(index[p])`` with per-particle global lattice indices ``index``)."""
     for s in _chunks(disp.shape[0]):
         for d in range(3):
-            out[s, d] = _position(disp, s, d, nc, start, spacing)
+            out[s, d] = _position(disp, s, d, nc, start, spacing, index)
 
 
 def plane_order(arr, nc, start, spacing, x0, nx, boxsize, n, order, first, index=None):

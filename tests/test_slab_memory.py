@@ -89,6 +89,7 @@ def test_slab_fft_matches_numpy_on_several_ranks(ranks, tmp_path):
     _check_rows(r["fft"])
     assert float(r["empty_rank_paint"]) < 1e-5          # a rank without particles
     assert float(r["empty_rank_force"]) < 1e-5
+    assert float(r["big_index_route"]) == 0.0 and bool(r["big_index_none"])   # indices beyond int32
     if ranks == 2:
         assert 60 < float(r["traced_bytes_per_particle"]) < 260, float(r["traced_bytes_per_particle"])
         assert float(r["fft_bytes_per_cell"]) < 9.5, float(r["fft_bytes_per_cell"])

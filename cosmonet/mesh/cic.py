@@ -83,11 +83,12 @@ def _lattice_xyz(arr, p, nc, start, spacing, index=None):
 
 
 @numba.njit(cache=True, nogil=True)
-def lattice_positions(disp, nc, start, spacing, out):
-    """``out[p] = q(start + p) + disp[p]`` in float64 (not wrapped), Mpc/h."""
+def lattice_positions(disp, nc, start, spacing, out, index=None):
+    """``out[p] = q(start + p) + disp[p]`` in float64 (not wrapped), Mpc/h; ``q(index[p])``
+    when ``index`` (per-particle global lattice indices) is given."""
     for p in range(disp.shape[0]):
         for d in range(3):
-            out[p, d] = _position(disp, p, d, nc, start, spacing)
+            out[p, d] = _position(disp, p, d, nc, start, spacing, index)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -226,17 +226,11 @@ class ParticleMesh:
 
             routed = layout.route(lean, 4, np.float32)
             return layout, routed[:, :3], routed.view(np.int32)[:, 3]
-        nc2 = nc * nc
 
         def positions(idx):                     # float64 positions of local particles idx
-            g = idx + start
-            i = g // nc2
-            r = g - i * nc2
-            j = r // nc
-            k = r - j * nc
             pos = np.empty((len(idx), 3), np.float64)
-            for d, q in enumerate((i, j, k)):   # q * spacing + float64(disp): _position's sum
-                np.add(q * spacing, disp[idx, d].astype(np.float64), out=pos[:, d])
+            # int64 before adding start: global indices exceed int32 when nc^3 does
+            cic.lattice_positions(disp[idx], nc, 0, spacing, pos, idx.astype(np.int64) + start)
             return pos
 
         return layout, layout.route(positions, 3, np.float64), None

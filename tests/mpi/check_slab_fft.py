@@ -65,6 +65,19 @@ if comm.rank == 0:
 else:
     assert forces[0].shape == (0, 3) and forces[1].shape == (0, 3)
 
+# routing lattice particles whose global index exceeds int32 (nc^3 > 2^31: float64
+# positions are routed): each owned row is its particle's lattice point plus displacement
+nc_big, n_big = 2048, 64
+start = 2 ** 32 + 12345 + comm.rank * n_big
+disp_big = rng.normal(0.0, 1.5, (n_big, 3)).astype(np.float32)
+layout, routed, index = pm.route_lattice(disp_big, nc_big, start)
+g = start + np.arange(n_big, dtype=np.int64)
+q = np.stack([g // nc_big ** 2, (g // nc_big) % nc_big, g % nc_big], axis=1) * (L / nc_big)
+expected = layout.exchange(q + disp_big.astype(np.float64))
+out["big_index_route"] = comm.allreduce(float(np.abs(routed - expected).max()) if len(routed) else 0.0,
+                                        op=MPI.MAX)
+out["big_index_none"] = comm.allreduce(index is None, op=MPI.LAND)
+
 if "--memory" in sys.argv:
     from cosmonet.sim.simulation import SimConfig, run_simulation
     from cosmonet.mesh.pm import get_mesh
