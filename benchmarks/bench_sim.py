@@ -265,9 +265,20 @@ def time_reference_pfft_pairs(nmesh, dtype, comm, pairs, repeats):
 
 def fft_backend(pm):
     """What ParticleMesh uses for its transforms (its ``fft`` attribute), for the record."""
+    import os
+    from cosmonet.mesh.fft import PLANNER_EFFORT
     f = pm.fft
-    kind = "FFTW plans (FFTW_MEASURE)" if pm.comm.size == 1 else "mpi4py-fft PFFT"
-    return f"{type(f).__module__}.{type(f).__name__}: {kind}"
+    slab = getattr(f, "_slab", None)
+    if slab is None:
+        kind = "numpy FFT" if not hasattr(f, "_fwd") else "FFTW 3-D plans (one rank)"
+    elif slab.serial:
+        kind = "slab transforms on one rank (2-D chunks, 1-D along x)"
+    else:
+        kind = f"slab transforms over {pm.comm.size} ranks (Alltoallv)"
+    if slab is not None:
+        kind += f", x rows per block {slab._along_x.by or 'all'}"
+    env = " (COSMONET_FFTW_PLANNER)" if os.environ.get("COSMONET_FFTW_PLANNER") else ""
+    return f"{type(f).__module__}.{type(f).__name__}: {kind}, {PLANNER_EFFORT}{env}"
 
 
 # --------------------------------------------------------------------------- d3m

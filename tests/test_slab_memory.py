@@ -3,7 +3,8 @@
 - on 1 (serial FFTW), 2, 3 and 4 ranks, meshes of 9, 16 and 30 cells per side (odd,
   even, uneven splits): the forward transform equals numpy's float64 ``rfftn / N^3`` to
   float32 / float64 round-off, the round trip returns the field, a repeated transform
-  gives the same bits;
+  gives the same bits; the same with the 1-D transforms along x in blocks of y-rows, and
+  on one rank with the slab transforms of large meshes (thresholds lowered);
 - a rank without particles paints, reads out and computes forces like one rank;
 - the CIC kernels (numba and numpy) given per-particle lattice indices, as routed
   particles carry them, give the same bits as with the implicit ``start + p``;
@@ -59,6 +60,47 @@ def test_one_rank_fft_matches_numpy():
     _check_rows(rows)
 
 
+def _check_blocked(rows, ranks):
+    """Rows (itemsize, N, forward error, round-trip error, rows per block) of the FFT with
+    its 1-D transforms along x taken in blocks (thresholds lowered): round-off as above."""
+    assert len(rows) == 2
+    for itemsize, N, fwd, back, by in rows:
+        assert fwd <= TOL[int(itemsize)] and back <= TOL[int(itemsize)], (itemsize, fwd, back)
+        ny_min = block_split(int(N), ranks, ranks - 1)[0]
+        assert 1 <= by <= 4 and by <= ny_min, by          # blocks (with a remainder), not one plan
+
+
+def test_one_rank_slab_transforms_of_large_meshes(monkeypatch):
+    """One rank takes the slab transforms (2-D chunks written straight into the complex
+    buffer, blocked 1-D along x) above the 24 MiB threshold: exercised at N = 30 with the
+    thresholds lowered, against numpy, bit-for-bit repeatable, without chunk buffers."""
+    from cosmonet.mesh import fft as fft_module, slab as slab_module
+    assert fft_module.serial_uses_slab(192, np.float32) and not fft_module.serial_uses_slab(128, np.float32)
+    assert fft_module.serial_uses_slab(160, np.float64) and not fft_module.serial_uses_slab(128, np.float64)
+    assert slab_module.rows_per_block(256, 256, 129, 8) == 2      # 2 x 264 KiB rows <= 1 MiB
+    assert slab_module.rows_per_block(64, 64, 33, 8) == 0         # 1 MiB slab: one plan
+    rows = []
+    for dtype in (np.float32, np.float64):
+        N = 30
+        csize = np.result_type(dtype, np.complex64).itemsize
+        monkeypatch.setattr(slab_module, "XBLOCK_MIN_BYTES", 0)
+        monkeypatch.setattr(slab_module, "XBLOCK_BYTES", 4 * N * (N // 2 + 1) * csize)
+        full = np.random.default_rng(N).standard_normal((N, N, N))
+        ref = np.fft.rfftn(full) / N ** 3
+        f = SlabFFT(MPI.COMM_SELF, N, dtype)
+        assert f._slab.serial and f._slab._chunk is f.fwd_out and not hasattr(f._slab, "_packed")
+        f.fwd_in[...] = full
+        f.forward()
+        spec = f.fwd_out.copy()
+        f.fwd_in[...] = full
+        f.forward()
+        assert np.array_equal(spec, f.fwd_out)
+        f.backward()
+        rows.append((csize // 2, N, np.abs(spec - ref).max() / np.abs(ref).max(),
+                     np.abs(f.bwd_out - full).max() / np.abs(full).max(), f._slab._along_x.by))
+    _check_blocked(np.array(rows), 1)
+
+
 def test_split_and_chunks():
     """The block split of mpi4py-fft's slab PFFT; chunks keep real-buffer offsets aligned
     to 64 bytes, hold at most an eighth of the slab (at least one aligned step) and at
@@ -90,6 +132,7 @@ def test_slab_fft_matches_numpy_on_several_ranks(ranks, tmp_path):
     assert float(r["empty_rank_paint"]) < 1e-5          # a rank without particles
     assert float(r["empty_rank_force"]) < 1e-5
     assert float(r["big_index_route"]) == 0.0 and bool(r["big_index_none"])   # indices beyond int32
+    _check_blocked(r["fft_blocked"], ranks)
     if ranks == 2:
         assert 60 < float(r["traced_bytes_per_particle"]) < 260, float(r["traced_bytes_per_particle"])
         assert float(r["fft_bytes_per_cell"]) < 9.5, float(r["fft_bytes_per_cell"])

@@ -1,7 +1,9 @@
 """Planned real-to-complex 3D FFTs over x-slabs, with reusable buffers.
 
-One rank: FFTW plans from mpi4py-fft's ``fftw`` module on aligned buffers (numpy's FFT when
-mpi4py-fft is not installed: the core install without the [mpi] extra). Several ranks:
+One rank: FFTW's 3-D plans from mpi4py-fft's ``fftw`` module on aligned buffers for
+meshes up to 24 MiB of complex buffer, the slab transforms below for larger ones
+(:func:`serial_uses_slab`; numpy's FFT when mpi4py-fft is not installed: the core install
+without the [mpi] extra). Several ranks:
 :class:`~cosmonet.mesh.slab.MPISlabFFT`, a slab decomposition of our own on the same FFTW
 bindings (real fields split along x, complex fields along y, the split of mpi4py-fft's
 slab ``PFFT``), with 2-D transforms of the local planes, ``Alltoallv`` transposes in
@@ -41,7 +43,7 @@ class SlabFFT:
         shape = (self.N,) * 3
         if comm.size == 1 and not _have_fftw():
             self._numpy_transforms(N)
-        elif comm.size == 1:
+        elif comm.size == 1 and not serial_uses_slab(N, self.dtype):
             from mpi4py_fft import fftw
             self.real_slice = (slice(0, N),) * 3
             self.complex_slice = (slice(0, N), slice(0, N), slice(0, N // 2 + 1))
@@ -61,7 +63,8 @@ class SlabFFT:
             self.backward = self._serial_backward
         else:
             # our slab FFT: one real and one complex buffer, as on one rank (mpi4py-fft's
-            # PFFT keeps four arrays per plan even with collapse=True): mesh/slab.py
+            # PFFT keeps four arrays per plan even with collapse=True): mesh/slab.py; on
+            # one rank for large meshes, where FFTW's estimated 3-D plan goes out of cache
             from .slab import MPISlabFFT
             self._slab = MPISlabFFT(comm, N, self.dtype, planner_effort=PLANNER_EFFORT)
             self.real_slice = self._slab.real_slice
@@ -96,6 +99,19 @@ class SlabFFT:
 
     def _serial_backward(self):
         self._bwd()
+
+
+def serial_uses_slab(N, dtype):
+    """True when a one-rank mesh of N^3 ``dtype`` cells takes the slab transforms of
+    :mod:`cosmonet.mesh.slab` (2-D transforms of chunks of x-planes, then blocked 1-D
+    transforms along x) instead of FFTW's estimated 3-D plan: when the complex buffer is
+    above ``slab.XBLOCK_MIN_BYTES`` (24 MiB; N >= 192 in float32, N >= 160 in float64).
+    Measured on one core (r2c + c2r pair, docs/benchmarks.md): 256^3 float32 0.54 s with
+    the 3-D plan, 0.15 s in slabs; below the threshold the two are within 10%.
+    A rule of the shape alone, so the choice is deterministic."""
+    from .slab import XBLOCK_MIN_BYTES
+    ctype = np.result_type(np.dtype(dtype), np.complex64)
+    return N * N * (N // 2 + 1) * ctype.itemsize > XBLOCK_MIN_BYTES
 
 
 def _have_fftw():

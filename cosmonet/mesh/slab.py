@@ -30,6 +30,10 @@ from ..extras import MPI
 ALIGN = 64
 #: target size of one chunk of 2-D transforms (bytes of complex planes)
 CHUNK_BYTES = 4 * 2 ** 20
+#: complex slabs above this size take their 1-D transforms along x in blocks of y-rows
+XBLOCK_MIN_BYTES = 24 * 2 ** 20
+#: target size of one such block (bytes)
+XBLOCK_BYTES = 2 ** 20
 
 
 def block_split(N, size, rank):
@@ -40,22 +44,96 @@ def block_split(N, size, rank):
 
 def chunk_planes(N, size, dtype):
     """Planes per chunk: a multiple of the count that keeps chunk starts ``ALIGN``-byte
-    aligned in the real buffer, at most ~``CHUNK_BYTES`` of complex planes and at most an
-    eighth of the largest slab (but at least one aligned step, and never above the slab)."""
+    aligned in the real buffer (on one rank also in the complex buffer, which the chunks'
+    2-D transforms then write directly), at most ~``CHUNK_BYTES`` of complex planes and at
+    most an eighth of the largest slab (but at least one aligned step, and never above the
+    slab)."""
     rbytes = np.dtype(dtype).itemsize
     nx_max = -(-N // size)
     step = ALIGN // np.gcd(ALIGN, N * N * rbytes)
     plane = N * (N // 2 + 1) * 2 * rbytes
+    if size == 1:
+        step = np.lcm(step, ALIGN // np.gcd(ALIGN, plane))
     c = min(CHUNK_BYTES // plane, -(-nx_max // 8))
     c = max(step, (c // step) * step)
     return int(min(c, nx_max))
 
 
+def rows_per_block(N, ny, Nz, itemsize):
+    """y-rows per block of the 1-D transforms along x (:class:`AxisZeroFFT`), or 0 for one
+    plan over the whole complex slab: blocks only when the slab is above
+    ``XBLOCK_MIN_BYTES``, each of the largest power of two of rows within
+    ``XBLOCK_BYTES`` (at least one row, at most ``ny``)."""
+    row = N * Nz * itemsize
+    if ny * row <= XBLOCK_MIN_BYTES:
+        return 0
+    by = 1
+    while 2 * by * row <= XBLOCK_BYTES and 2 * by <= ny:
+        by *= 2
+    return by
+
+
+class AxisZeroFFT:
+    """In-place 1-D FFTs along axis 0 (x) of a C-contiguous complex ``(N, ny, Nz)`` slab.
+
+    FFTW's estimated plan over a large slab transforms each column with the slab's whole
+    stride between its points (``ny * Nz`` elements), which goes out of cache: at N = 256
+    in complex64 one such pass took 175 - 216 ms on this machine against 27 ms when the
+    slab goes through in blocks of y-rows copied into a small contiguous buffer (measured,
+    docs/benchmarks.md). Small slabs keep the one plan over the whole slab (faster there).
+    The rule depends only on the shape and dtype, so it is deterministic.
+    """
+
+    def __init__(self, fftw, array, flags):
+        N, ny, Nz = array.shape
+        self.array = array
+        self.by = rows_per_block(N, ny, Nz, array.itemsize)
+        if not self.by:
+            self._fwd = fftw.fftn(array, axes=(0,), flags=flags, output_array=array)
+            self._bwd = fftw.ifftn(array, axes=(0,), flags=flags, output_array=array)
+            return
+        self._flat = fftw.aligned(N * self.by * Nz, n=ALIGN, dtype=array.dtype)
+        self._flat[...] = 0
+        self.blocks = [(y, min(self.by, ny - y)) for y in range(0, ny, self.by)]
+        self._plans = {}
+        for m in {m for _, m in self.blocks}:
+            buf = self._flat[:N * m * Nz].reshape(N, m, Nz)
+            self._plans[m] = (buf,
+                              fftw.fftn(buf, axes=(0,), flags=flags, output_array=buf),
+                              fftw.ifftn(buf, axes=(0,), flags=flags, output_array=buf))
+
+    def _blocked(self, which):
+        a = self.array
+        for y, m in self.blocks:
+            plan = self._plans[m]
+            buf = plan[0]
+            buf[...] = a[:, y:y + m]
+            plan[which]()
+            a[:, y:y + m] = buf
+
+    def forward(self):
+        """Unnormalised forward transform along x, in place."""
+        if self.by:
+            self._blocked(1)
+        else:
+            self._fwd()
+
+    def backward(self):
+        """Unnormalised inverse transform along x, in place."""
+        if self.by:
+            self._blocked(2)
+        else:
+            self._bwd()
+
+
 class MPISlabFFT:
     """Forward (normalised by 1/N^3) and backward real FFTs of an N^3 mesh split over
-    ``comm`` (size > 1). Buffers: ``fwd_in`` is ``bwd_out`` (real, ``(nx, N, N)``),
+    ``comm``. Buffers: ``fwd_in`` is ``bwd_out`` (real, ``(nx, N, N)``),
     ``fwd_out`` is ``bwd_in`` (complex, ``(N, ny, N // 2 + 1)``); a forward transform
-    overwrites the complex buffer, a backward one the real buffer and the complex buffer."""
+    overwrites the complex buffer, a backward one the real buffer and the complex buffer.
+
+    On one rank (large serial meshes, :mod:`cosmonet.mesh.fft`) the chunks' 2-D transforms
+    read and write the two buffers directly: no chunk buffers, no exchange."""
 
     def __init__(self, comm, N, dtype, planner_effort="FFTW_ESTIMATE"):
         from mpi4py_fft import fftw
@@ -75,21 +153,27 @@ class MPISlabFFT:
         self.fwd_in = fftw.aligned((self.nx, N, N), n=ALIGN, dtype=self.dtype)
         self.fwd_out = fftw.aligned((N, self.ny, Nz), n=ALIGN, dtype=self.ctype)
         self.bwd_in, self.bwd_out = self.fwd_out, self.fwd_in
-        self._chunk = fftw.aligned((self.c, N, Nz), n=ALIGN, dtype=self.ctype)
-        self._packed = fftw.aligned(self.c * N * Nz, n=ALIGN, dtype=self.ctype)
         self.fwd_in[...] = 0
         self.fwd_out[...] = 0
-        self._chunk[...] = 0
-        self._packed[...] = 0
+        self.serial = P == 1
+        if self.serial:       # the 2-D transforms write the complex planes directly
+            self._chunk = self.fwd_out
+        else:
+            self._chunk = fftw.aligned((self.c, N, Nz), n=ALIGN, dtype=self.ctype)
+            self._packed = fftw.aligned(self.c * N * Nz, n=ALIGN, dtype=self.ctype)
+            self._chunk[...] = 0
+            self._packed[...] = 0
 
         self._flags = (fftw.flag_dict[planner_effort], fftw.FFTW_DESTROY_INPUT)
         self._fftw = fftw
         self._plans2d = {}     # planes -> (r2c, c2r) over axes (y, z)
         for m in {self._planes(k)[1] for k in range(self.nchunks)} - {0}:
             self._plan2d(m)
-        self._fft1 = fftw.fftn(self.fwd_out, axes=(0,), flags=self._flags, output_array=self.fwd_out)
-        self._ifft1 = fftw.ifftn(self.fwd_out, axes=(0,), flags=self._flags, output_array=self.fwd_out)
+        self._along_x = AxisZeroFFT(fftw, self.fwd_out, self._flags)
         self._scale = self.dtype.type(1.0) / self.dtype.type(N) ** 3
+        self._plane = None
+        if self.serial:
+            return
 
         # MPI types: complex elements, and whole complex-slab x-planes (ny * Nz elements),
         # so displacements into the slab count planes and stay small
@@ -142,6 +226,13 @@ class MPISlabFFT:
 
     def forward(self):
         """``fwd_out = FFT(fwd_in) / N^3``; ``fwd_in`` may be destroyed."""
+        if self.serial:
+            for k in range(self.nchunks):
+                a, m = self._planes(k)
+                self._plan2d(m)[0](self.fwd_in[a:a + m], self.fwd_out[a:a + m], implicit=True)
+            self._along_x.forward()
+            np.multiply(self.fwd_out, self._scale, out=self.fwd_out)
+            return
         Nz, chunk, packed = self.Nz, self._chunk, self._packed
         for k in range(self.nchunks):
             a, m = self._planes(k)
@@ -155,13 +246,18 @@ class MPISlabFFT:
                     o += n
             elems, planes = self._routes[k]
             self.comm.Alltoallv([packed, elems, self._elem], [self.fwd_out, planes, self._plane])
-        self._fft1()
+        self._along_x.forward()
         np.multiply(self.fwd_out, self._scale, out=self.fwd_out)
 
     def backward(self):
         """``bwd_out = inverse FFT(bwd_in)`` (unnormalised); ``bwd_in`` is destroyed."""
+        self._along_x.backward()
+        if self.serial:
+            for k in range(self.nchunks):
+                a, m = self._planes(k)
+                self._plan2d(m)[1](self.bwd_in[a:a + m], self.bwd_out[a:a + m], implicit=True)
+            return
         Nz, chunk, packed = self.Nz, self._chunk, self._packed
-        self._ifft1()
         for k in range(self.nchunks):
             a, m = self._planes(k)
             elems, planes = self._routes[k]

@@ -40,6 +40,32 @@ for dtype in (np.float32, np.float64):
                      comm.allreduce(back, op=MPI.MAX), comm.allreduce(same, op=MPI.LAND)))
 out = {"fft": np.array(rows, dtype=np.float64), "ranks": comm.size}
 
+# the same checks with the 1-D transforms along x in blocks of y-rows (slabs above
+# XBLOCK_MIN_BYTES): thresholds lowered so that N = 30 takes blocks of 4 rows (and a
+# remainder block of fewer rows)
+from cosmonet.mesh import fft as fft_module, slab as slab_module
+saved = slab_module.XBLOCK_MIN_BYTES, slab_module.XBLOCK_BYTES
+blocked = []
+for dtype in (np.float32, np.float64):
+    N = 30
+    csize = np.result_type(dtype, np.complex64).itemsize
+    slab_module.XBLOCK_MIN_BYTES, slab_module.XBLOCK_BYTES = 0, 4 * N * (N // 2 + 1) * csize
+    fft_module.clear_cache(comm)
+    full = np.random.default_rng(N).standard_normal((N, N, N))
+    ref = np.fft.rfftn(full) / N ** 3
+    f = SlabFFT(comm, N, dtype)
+    by = f._slab._along_x.by
+    f.fwd_in[...] = full[f.real_slice]
+    f.forward()
+    fwd = np.abs(f.fwd_out - ref[f.complex_slice]).max() / np.abs(ref).max()
+    f.backward()
+    back = np.abs(f.bwd_out - full[f.real_slice]).max() / np.abs(full).max()
+    blocked.append((csize // 2, N, comm.allreduce(fwd, op=MPI.MAX), comm.allreduce(back, op=MPI.MAX),
+                    comm.allreduce(by, op=MPI.MIN)))
+slab_module.XBLOCK_MIN_BYTES, slab_module.XBLOCK_BYTES = saved
+fft_module.clear_cache(comm)
+out["fft_blocked"] = np.array(blocked, dtype=np.float64)
+
 # a rank without particles: paint, readout and the force (positions and lattice state)
 # match one rank's to round-off
 from cosmonet.mesh import ParticleMesh
