@@ -27,7 +27,8 @@ P = R x nodes), force mesh M^3 (M = boost x nc), Np = nc^3 particles:
 * halos: 1 plane (paint) + 5 planes (readout) of 4 M^2 bytes per rank, 6 messages;
 * particle routing: a fraction f = min(1, E|dx| / (L / P)) of the particles lies outside
   its lattice slab's mesh slab (E|dx|: mean 1-D displacement, ``--mean-displacement``),
-  each sending 24 bytes of float64 position and receiving 12 bytes of float32 force;
+  each sending 16 bytes (float32 displacement and int32 lattice index) and receiving 12
+  bytes of float32 force;
   2 messages per neighbour;
 * kick, drift, Python: ``--other-fraction`` of the compute time (measured on 1 rank).
 
@@ -35,7 +36,7 @@ Slab decomposition: P may not exceed M (one mesh plane per rank at least); large
 reported as infeasible, and the best feasible rank count per node is used instead.
 
 Memory per node: R x (baseline + bytes/particle x Np / P); the per-particle figure on
-several ranks is the measured 2-rank one (mpi4py-fft's plan keeps 4 arrays per rank).
+several ranks is the measured 2-rank one (our slab FFT: one real and one complex buffer).
 
 Prints one JSON document. No MPI, no measurement: pure arithmetic on the inputs.
 """
@@ -127,7 +128,7 @@ def step_model(nc, boost, box, nodes, ranks_per_node, inp, net):
         return t if nodes == 1 else t + nbytes * edge / net["bandwidth_Bps"] + messages * net["latency_s"]
     halo = 0.0 if p == 1 else neighbour_cost(6 * 4.0 * m * m, 6)
     frac = 0.0 if p == 1 else min(1.0, net["mean_displacement_mpc_h"] / (box / p))
-    routing = 0.0 if p == 1 else neighbour_cost(frac * n_p / p * 36.0, 4)
+    routing = 0.0 if p == 1 else neighbour_cost(frac * n_p / p * 28.0, 4)
     total = fft + paint + readout + other + transpose + halo + routing
     bpp = inp["bytes_per_particle_1rank"] if p == 1 else inp["bytes_per_particle_nrank"]
     mem_node = ranks_per_node * (inp["baseline_mib"] * 2 ** 20 + bpp * n_p / p)
@@ -188,8 +189,9 @@ def main(argv=None):
                         "--check (256^3, out of cache; default: large runs are out of cache)")
     p.add_argument("--bytes-per-particle-1rank", type=float, default=177.0,
                    help="peak RSS per particle, 1 rank (bench_memory.py; default 177, measured 2026-12-03)")
-    p.add_argument("--bytes-per-particle-nrank", type=float, default=330.0,
-                   help="peak RSS per particle per rank on >1 rank (default 330, measured on 2 ranks)")
+    p.add_argument("--bytes-per-particle-nrank", type=float, default=190.0,
+                   help="peak RSS per particle per rank on >1 rank (default 190, measured on 2 ranks "
+                        "at nc 256 with the slab FFT of our own)")
     p.add_argument("--baseline-mib", type=float, default=210.0, help="RSS per rank after imports (default 210)")
     p.add_argument("--bandwidth-gbs", type=float, default=12.5,
                    help="injection bandwidth per node, GB/s (default 12.5: 100 Gb/s InfiniBand)")
