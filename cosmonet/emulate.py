@@ -104,8 +104,11 @@ SETUP_TOLERANCE = 1e-3
 def outside_training(setup, attrs):
     """Lines naming each way the input file (root ``attrs`` of a simulation file) lies
     outside what the network was trained on (``setup``: a checkpoint's ``training_setup``):
-    cell size (Mpc/h), a_final and each cosmological parameter, with both values. Empty
-    when the checkpoint records no set-up or everything agrees."""
+    cell size (Mpc/h), a_final and each cosmological parameter, with both values. A network
+    trained on several cosmologies (``setup["cosmologies"]``) is warned about only for a
+    parameter outside the range they span ("sigma8 1.5, trained on 0.258 to 1.15"; each
+    parameter is checked on its own, not their combination). Empty when the checkpoint
+    records no set-up or everything agrees."""
     if not isinstance(setup, dict):
         return []
     lines = []
@@ -123,14 +126,22 @@ def outside_training(setup, attrs):
         pass
     if "a_final" in attrs and differs(attrs["a_final"], setup["a_final"]):
         lines.append(f"a_final {float(attrs['a_final']):g}, trained on {float(setup['a_final']):g}")
-    for key, trained in sorted((setup.get("cosmology") or {}).items()):
-        if isinstance(trained, (int, float)) and key in attrs:
-            try:
-                given = float(attrs[key])
-            except (TypeError, ValueError):
-                continue
-            if given == given and differs(given, trained):
-                lines.append(f"{key} {given:g}, trained on {float(trained):g}")
+    trained_all = [c for c in (setup.get("cosmologies") or []) if isinstance(c, dict)] or [setup.get("cosmology") or {}]
+    for key in sorted(trained_all[0]):
+        values = [c.get(key) for c in trained_all]
+        if key == "n_sims" or key not in attrs or not all(isinstance(v, (int, float)) for v in values):
+            continue
+        try:
+            given = float(attrs[key])
+        except (TypeError, ValueError):
+            continue
+        lo, hi = float(min(values)), float(max(values))
+        if given != given:
+            continue
+        if lo == hi and differs(given, lo):
+            lines.append(f"{key} {given:g}, trained on {lo:g}")
+        elif lo != hi and ((given < lo and differs(given, lo)) or (given > hi and differs(given, hi))):
+            lines.append(f"{key} {given:g}, trained on {lo:g} to {hi:g}")
     return lines
 
 

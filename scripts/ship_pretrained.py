@@ -38,11 +38,11 @@ K_GOAL = 0.5            # h/Mpc: T and r goals hold up to here
 def export_weights(run_dir, name, extra):
     from cosmonet.pretrained import PRETRAINED_DIR, export
     from cosmonet.train.checkpoint import load_checkpoint, resolve_checkpoint
-    from cosmonet.train.loop import campaign_setup, training_setup_record
+    from cosmonet.train.loop import campaign_training_setup
     path = resolve_checkpoint(run_dir)
     state = load_checkpoint(path)
     if not state.get("training_setup"):
-        state["training_setup"] = training_setup_record(campaign_setup(state["config"]["data"]["root"])[0])
+        state["training_setup"] = campaign_training_setup(state["config"]["data"]["root"])
     out = os.path.join(PRETRAINED_DIR, name)
     export(state, out, extra=dict(extra, source_checkpoint=os.path.basename(path)))
     return out, state

@@ -199,6 +199,16 @@ def cosmology_plan_size(spec):
     return None
 
 
+def cosmology_counts(specs):
+    """[(cosmology, number of simulations)] of a plan, most common first (ties in order of
+    first appearance): the first is what a campaign of several cosmologies is described by."""
+    counts, first = {}, {}
+    for i, s in enumerate(specs):
+        counts[s.cosmology] = counts.get(s.cosmology, 0) + 1
+        first.setdefault(s.cosmology, i)
+    return sorted(counts.items(), key=lambda cn: (-cn[1], first[cn[0]]))
+
+
 def plan(cfg):
     """The full plan of a :class:`~cosmonet.campaign.config.CampaignConfig`: a list of SimSpec."""
     spec = cfg.cosmology

@@ -75,9 +75,9 @@ class ProbeSetup(SimConfig):
         """(setup, note) from a campaign directory's ``campaign.yaml`` (the training pairs).
 
         ``note`` is None, or one line saying which cosmology was taken when the campaign
-        has several.
+        has several (its most common one, as a checkpoint's ``training_setup`` records).
         """
-        from ..campaign.plan import plan, resolve_cosmology_block
+        from ..campaign.plan import cosmology_counts, plan, resolve_cosmology_block
         from ..campaign.store import read_config
         from ..cosmology import parse_cosmology
 
@@ -86,8 +86,10 @@ class ProbeSetup(SimConfig):
         if resolve_cosmology_block(cfg.cosmology) == "fixed":
             cosmo = parse_cosmology(cfg.cosmology)
         else:
-            cosmo = plan(cfg)[0].cosmology
-            note = f"training campaign {root} has several cosmologies; FastPM runs use that of simulation 0"
+            counts = cosmology_counts(plan(cfg))
+            cosmo, n = counts[0]
+            note = (f"training campaign {root} has {len(counts)} cosmologies; FastPM runs use its most common "
+                    f"one ({n} of {sum(c for _, c in counts)} simulations)")
         return cls(cosmology=cosmo, **cfg.sim_fields()), note
 
 

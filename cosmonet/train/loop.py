@@ -146,11 +146,30 @@ def training_setup_record(sim):
     """What a D3M checkpoint records of its training pairs (box and grid in Mpc/h and cells,
     FastPM steps, force-mesh boost, a_start, a_final, cosmology as plain data), so that
     ``probe`` and ``emulate`` know them without the campaign; None without ``sim`` (a
-    campaign of several cosmologies, see :func:`campaign_setup`)."""
+    campaign of several cosmologies: :func:`campaign_training_setup`)."""
     if sim is None:
         return None
     return {"nc": int(sim.nc), "box": float(sim.box), "steps": int(sim.steps), "boost": float(sim.boost),
             "a_start": float(sim.a_start), "a_final": float(sim.a_final), "cosmology": sim.cosmology.to_dict()}
+
+
+def campaign_training_setup(root):
+    """The training record of the campaign at ``root`` whatever its cosmologies: that of
+    :func:`training_setup_record` with the campaign's most common cosmology (the first of
+    those tied) as ``cosmology``, and, when it holds several, ``cosmologies``: each distinct
+    one as plain data with its number of simulations, most common first (``emulate`` then
+    warns only outside their range). None when the campaign cannot be read."""
+    from ..campaign.plan import cosmology_counts, plan
+    from ..campaign.store import read_config
+    try:
+        cfg = read_config(root)
+        counts = cosmology_counts(plan(cfg))
+    except (InputError, OSError, ValueError):
+        return None
+    record = training_setup_record(cfg.sim_config(seed=0, cosmology=counts[0][0]))
+    if len(counts) > 1:
+        record["cosmologies"] = [dict(c.to_dict(), n_sims=n) for c, n in counts]
+    return record
 
 
 @dataclass
@@ -205,7 +224,8 @@ def build_task(cfg, device):
         val_base, no_validation = _validation(val_base)
         train_set, val_set = EpochItems(train_base), (EpochItems(val_base) if val_base is not None else None)
         box = train_base.box_size
-    setup = training_setup_record(sim)
+    setup = (training_setup_record(sim) if sim is not None
+             else None if is_param_task(cfg) else campaign_training_setup(d["root"]))
     return Task(train_set=train_set, val_set=val_set, model=model, train_loss=_train_loss(cfg, float(box), model),
                 val_loss=getattr(model, "loss", _mse), signature=signature, normalization=normalization,
                 training_setup=setup, no_validation=no_validation, memory=memory)
