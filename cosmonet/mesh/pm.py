@@ -263,7 +263,7 @@ class ParticleMesh:
         self.paint_into(out, opos, omass)
         return out
 
-    def paint_into(self, out, arr, mass=None, lattice=None, index=None):
+    def paint_into(self, out, arr, mass=None, lattice=None, index=None, return_order=False):
         """CIC-paint particles that this rank owns into ``out`` (local real slab, mesh
         dtype, overwritten), folding in the plane painted above the slab from the rank below.
 
@@ -273,6 +273,9 @@ class ParticleMesh:
         kernel); with ``index`` (n,) int32/int64 as well, the particles' global lattice
         indices instead of ``start + p`` (routed particles: :meth:`route_lattice`).
         ``mass``: per-particle weights, None or empty for 1. Collective.
+        Returns ``out``, or with ``return_order`` ``(out, order, first)``: the particles'
+        :func:`~cosmonet.mesh.cic.plane_order`, which the FD4 readout of the same
+        particles reuses.
         """
         nc, start = (0, 0) if lattice is None else (int(lattice[0]), int(lattice[1]))
         spacing = self.BoxSize / nc if nc else 0.0
@@ -286,7 +289,8 @@ class ParticleMesh:
         cic.plane_order(arr, nc, start, spacing, self.x0, nx, self.BoxSize, N, order, first, index)
         cic.paint_ghost(arr, nc, start, spacing, mass, order, first, out, upper, ghost, self.x0, self.BoxSize,
                         index)
-        del order
+        if not return_order:
+            del order, first
         if self.comm.size == 1:
             out[0] += ghost
         else:
@@ -294,7 +298,7 @@ class ParticleMesh:
             recv = np.empty_like(ghost)
             self.comm.Sendrecv(ghost, dest=up, recvbuf=recv, source=down)
             out[0] += recv
-        return out
+        return (out, order, first) if return_order else out
 
     def halo(self, field, below=2, above=3):
         """The ``below`` planes under the local slab and the ``above`` planes over it
