@@ -4,7 +4,8 @@ When numba is absent, the ``njit`` of :mod:`cosmonet.extras` puts the function o
 module and name from :data:`KERNELS` in place of a compiled kernel: the particle-mesh
 kernels of :mod:`cosmonet.mesh.cic` (lattice positions, plane ordering, CIC paint, CIC and
 FD4-gradient readout, owner planes), the particle ordering of :mod:`cosmonet.mesh.layout`
-and the in-place updates of :mod:`cosmonet.sim.fastpm` (drift, kick, 1/k^2). The inline
+the in-place updates of :mod:`cosmonet.sim.fastpm` (drift, kick, 1/k^2) and the LPT/FastPM
+output combination of :mod:`cosmonet.sim.lpt`. The inline
 helpers that only kernels call (``_cell``, ``_position``, ...) have no entry: they stay
 plain Python, and the numpy kernels use the vectorised :func:`_cell` and :func:`_position`
 below instead.
@@ -281,6 +282,22 @@ def scale_by_inverse_k2(c, kx, ky, kz, factor):
         c[i:i + rows] = np.where(positive, c[i:i + rows] * ratio, 0.0)
 
 
+# --------------------------------------------------------------------------- lpt
+def combine_into(p1, p2, c1, c2, factor, box, use_p2, use_factor, wrap, out):
+    """lpt.combine_into: ``out = float32(w(factor * (c1 p1 + c2 p2)))`` over 1-D arrays in
+    float64, each part only when asked; ``w`` the minimum image with ``np.mod``."""
+    for s in _chunks(p1.shape[0]):
+        f = c1 * np.asarray(p1[s], dtype=np.float64)
+        if use_p2:
+            f = f + c2 * np.asarray(p2[s], dtype=np.float64)
+        if use_factor:
+            f = factor * f
+        if wrap:
+            with np.errstate(invalid="ignore"):      # inf or box 0: NaN, as the kernel
+                f = np.mod(f + 0.5 * box, box) - 0.5 * box
+        out[s] = f
+
+
 #: (module, kernel name) -> its numpy version
 KERNELS = {
     ("cosmonet.mesh.cic", "lattice_positions"): lattice_positions,
@@ -294,4 +311,5 @@ KERNELS = {
     ("cosmonet.sim.fastpm", "drift_disp"): drift_disp,
     ("cosmonet.sim.fastpm", "kick_mom"): kick_mom,
     ("cosmonet.sim.fastpm", "scale_by_inverse_k2"): scale_by_inverse_k2,
+    ("cosmonet.sim.lpt", "combine_into"): combine_into,
 }

@@ -14,7 +14,9 @@ particle. The two are the same linear operator, so they agree to float64 round-o
 - the solver reuses paint's plane order and puts the gradient planes in the complex FFT
   buffer on one rank; its forces equal the stencil readout of the same potential;
 - on 2 ranks (the scratch a view of the complex buffer at 32^3, a new array at 16^3)
-  forces equal one rank's to float32 round-off.
+  forces equal one rank's to float32 round-off;
+- ``lpt.combine_into``, which builds the LPT and FastPM outputs in one compiled pass,
+  gives the bits of the numpy expressions (``np.mod`` minimum image included) it replaced.
 """
 import os
 
@@ -164,3 +166,28 @@ def test_two_ranks_equal_one_rank(tmp_path):
         one, two = r[f"one_{n}"], r[f"two_{n}"]
         assert np.abs(one).max() > 0.1
         assert np.abs(two - one).max() <= 1e-6 * np.abs(one).max(), n
+
+
+@pytest.mark.parametrize("box", [128.0, 100.0, 1e-3, -128.0, 0.0])
+def test_outputs_combine_as_the_numpy_expressions(box):
+    """``lpt.combine_into`` (the LPT and FastPM outputs, the initial state) gives the bits of
+    the numpy expressions it replaced, ``mod(f + box/2, box) - box/2`` included, on both
+    sides of every branch of its fmod-free remainder (0, +-box/2, +-3 box/2, far, NaN, inf)."""
+    from cosmonet.sim.lpt import combine_into
+    rng = np.random.default_rng(2)
+    b = abs(box)
+    x = np.concatenate([rng.standard_normal(5000) * 2 * b, rng.uniform(-1, 1, 50) * 1e-300,
+                        [0.0, -0.0, 1e300, -1e300, np.inf, -np.inf, np.nan, 5e-324, -5e-324]])
+    for edge in (0.5 * b, 1.5 * b):
+        x = np.concatenate([x, [edge, -edge, np.nextafter(edge, 0), np.nextafter(-edge, 0),
+                                np.nextafter(edge, np.inf), np.nextafter(-edge, -np.inf)]])
+    y = rng.standard_normal(len(x))
+    with np.errstate(all="ignore"):
+        for args, ref in (((x, y, 0.7, -0.3, 1.5, box, True, True, True), np.mod(1.5 * (0.7 * x + -0.3 * y) + 0.5 * box, box) - 0.5 * box),
+                          ((x, y, 0.7, 0.0, 1.0, box, False, False, True), np.mod(0.7 * x + 0.5 * box, box) - 0.5 * box),
+                          ((x, y, 0.7, -0.3, 2.0, box, True, True, False), 2.0 * (0.7 * x + -0.3 * y))):
+            out = np.zeros((len(x), 2), np.float32)
+            combine_into(*args, out[:, 1])
+            assert np.array_equal(out[:, 1], ref.astype(np.float32), equal_nan=True)
+            assert np.array_equal(np.signbit(out[:, 1]), np.signbit(ref.astype(np.float32)))
+            assert not out[:, 0].any()
