@@ -93,11 +93,16 @@ class ParticleMesh:
         """k_i for the spectral derivative i k_i, zero on the Nyquist plane of that axis.
 
         The Nyquist mode's derivative is not representable on a real field; zeroing it
-        keeps results independent of the decomposition.
+        keeps results independent of the decomposition. Computed once per axis and
+        returned read-only (1-D along ``axis``, broadcastable).
         """
-        k = self.k[axis].copy()
-        k[np.isclose(np.abs(k), self.k_nyquist)] = 0.0
-        return k
+        key = ("gradient_k", axis)
+        if key not in self.cache:
+            k = self.k[axis].copy()
+            k[np.isclose(np.abs(k), self.k_nyquist)] = 0.0
+            k.flags.writeable = False
+            self.cache[key] = k
+        return self.cache[key]
 
     def hermitian_weights(self):
         """Multiplicity of each local complex mode in the full (non-halved) k space.
