@@ -4,7 +4,8 @@ When numba is absent, the ``njit`` of :mod:`cosmonet.extras` puts the function o
 module and name from :data:`KERNELS` in place of a compiled kernel: the particle-mesh
 kernels of :mod:`cosmonet.mesh.cic` (lattice positions, plane ordering, CIC paint, CIC and
 FD4-gradient readout, owner planes), the particle ordering of :mod:`cosmonet.mesh.layout`
-and the in-place updates of :mod:`cosmonet.sim.fastpm` (drift, kick, 1/k^2). The inline
+the in-place updates of :mod:`cosmonet.sim.fastpm` (drift, kick, 1/k^2) and the LPT/FastPM
+output combination of :mod:`cosmonet.sim.lpt`. The inline
 helpers that only kernels call (``_cell``, ``_position``, ...) have no entry: they stay
 plain Python, and the numpy kernels use the vectorised :func:`_cell` and :func:`_position`
 below instead.
@@ -16,10 +17,9 @@ in float64, paint adds a cell's contributions particle after particle in the ker
 order and in the mesh's dtype (``np.add.at`` rounds each addition as the kernel's
 ``slab[...] += w`` does), and the readouts sum their terms in the kernel's order, so the
 results are the compiled ones bit for bit (tests/test_install.py checks it). Particles are
-taken in chunks of :data:`CHUNK` (a quarter of it for the FD4 readout, whose 30-odd
-per-particle temporaries take about 550 bytes each) to bound the temporaries to some
-50 MB (tracemalloc: at most about 170 bytes per particle of a chunk). They run some
-10x slower than the compiled kernels (64^3 particles: paint 0.16 s, FD4 readout 0.18 s
+taken in chunks of :data:`CHUNK` to bound the temporaries to some 50 MB (tracemalloc:
+at most about 170 bytes per particle of a chunk). They run some
+10x slower than the compiled kernels (64^3 particles: paint 0.16 s, FD4 readout 0.05 s
 of CPU). Positions in Mpc/h, as the kernels they replace.
 """
 import numpy as np
@@ -85,15 +85,14 @@ def lattice_positions(disp, nc, start, spacing, out, index=None):
             out[s, d] = _position(disp, s, d, nc, start, spacing, index)
 
 
-def plane_order(arr, nc, start, spacing, x0, nx, boxsize, n, order, first, index=None):
-    """cic.plane_order: stable counting sort of the particles by lower x-plane, into
-    ``order`` (n_p,) and ``first`` (nx + 1,); ValueError for a particle outside the slab."""
+def _sort_by_plane(arr, nc, start, spacing, x0, nx, boxsize, n, order, first, index, what):
+    """cic._sort_by_plane, raising ValueError named ``what`` for a particle outside the slab."""
     scale = n / boxsize
     n_p = arr.shape[0]
     counts = np.zeros(nx, dtype=np.int64)
     for s in _chunks(n_p):
         lx = _cell(_position(arr, s, 0, nc, start, spacing, index), scale, n)[0] - x0
-        _outside(lx, nx, "paint")
+        _outside(lx, nx, what)
         counts += np.bincount(lx, minlength=nx)
     first[0] = 0
     first[1:] = np.cumsum(counts)
@@ -106,6 +105,12 @@ def plane_order(arr, nc, start, spacing, x0, nx, boxsize, n, order, first, index
         rank = np.arange(len(planes)) - (np.cumsum(in_chunk) - in_chunk)[planes]
         order[fill[planes] + rank] = by_plane + s.start
         fill += in_chunk
+
+
+def plane_order(arr, nc, start, spacing, x0, nx, boxsize, n, order, first, index=None):
+    """cic.plane_order: stable counting sort of the particles by lower x-plane, into
+    ``order`` (n_p,) and ``first`` (nx + 1,); ValueError for a particle outside the slab."""
+    _sort_by_plane(arr, nc, start, spacing, x0, nx, boxsize, n, order, first, index, "paint")
 
 
 def paint_ghost(arr, nc, start, spacing, mass, order, first, slab, upper, ghost, x0, boxsize, index=None):
@@ -142,76 +147,63 @@ def paint_ghost(arr, nc, start, spacing, mass, order, first, slab, upper, ghost,
     ghost[...] = upper[(nx - 1) % 2]
 
 
-def _taps(w1, c1, c2):
-    """cic._taps: the 6 FD4-CIC weights, offsets -2 .. 3 from the lower cell."""
-    w0 = 1.0 - w1
-    return (w0 * c2, w1 * c2 - w0 * c1, -w1 * c1, w0 * c1, w1 * c1 - w0 * c2, -w1 * c2)
+def _halo_plane(phi, lo, hi, l):
+    """cic._halo_plane: local x-plane ``l`` in [-2, nx + 3) from the slab or its halos."""
+    nx = phi.shape[0]
+    return lo[l + 2] if l < 0 else (hi[l - nx] if l >= nx else phi[l])
 
 
-def _wrap(j, n):
-    return np.where(j < 0, j + n, np.where(j >= n, j - n, j))
+def _fd4_plane(phi, lo, hi, l, c1, c2, g):
+    """cic._fd4_plane: the three FD4 gradient components on local x-plane ``l`` into
+    ``g`` (3, N, N) float64, the kernel's arithmetic (y and z periodic)."""
+    fm2, fm1, f0, fp1, fp2 = (np.asarray(_halo_plane(phi, lo, hi, l + t), dtype=np.float64)
+                              for t in (-2, -1, 0, 1, 2))
+    g[0] = c1 * (fp1 - fm1) - c2 * (fp2 - fm2)
+    for axis in (0, 1):
+        g[1 + axis] = (c1 * (np.roll(f0, -1, axis) - np.roll(f0, 1, axis))
+                       - c2 * (np.roll(f0, -2, axis) - np.roll(f0, 2, axis)))
 
 
-class _Planes:
-    """Gathers ``f[l, j, k]`` over the slab ``phi`` (planes 0 .. nx-1) and its halos
-    ``lo`` (planes -2, -1) and ``hi`` (planes nx .. nx+2), as the kernel picks ``f``."""
-
-    def __init__(self, phi, lo, hi, lx):
-        self.phi, self.lo, self.hi, self.nx = phi, lo, hi, phi.shape[0]
-        self.inner = bool(lx.size == 0 or (lx.min() >= 2 and lx.max() + 3 < self.nx))
-
-    def __call__(self, l, j, k):
-        if self.inner:
-            return self.phi[l, j, k]
-        below, above = l < 0, l >= self.nx
-        v = self.phi[np.where(below | above, 0, l), j, k]
-        if below.any():
-            v[below] = self.lo[l[below] + 2, j[below], k[below]]
-        if above.any():
-            v[above] = self.hi[l[above] - self.nx, j[above], k[above]]
-        return v
-
-
-def readout_fd4_gradient(arr, nc, start, spacing, phi, lo, hi, x0, boxsize, out, index=None):
+def readout_fd4_gradient(arr, nc, start, spacing, phi, lo, hi, x0, boxsize, out, index=None,
+                         order=None, first=None, grad=None):
     """cic.readout_fd4_gradient: CIC readout of the FD4 gradient of ``phi`` (nx, N, N)
-    with halos ``lo`` (2, N, N), ``hi`` (3, N, N) into ``out`` (n, 3); the kernel's sums."""
+    with halos ``lo`` (2, N, N), ``hi`` (3, N, N) into ``out`` (n, 3), plane by plane in
+    ``order`` (sorted here when None), the gradient of planes l and l + 1 in ``grad``
+    (2, 3, N, N) float64 as the kernel leaves it; the kernel's sums."""
     nx, n = phi.shape[0], phi.shape[1]
     scale = n / boxsize
     c1 = 8.0 / (12.0 * (boxsize / n))
     c2 = 1.0 / (12.0 * (boxsize / n))
-    for s in _chunks(arr.shape[0], CHUNK // 4):
-        ix, dx = _cell(_position(arr, s, 0, nc, start, spacing, index), scale, n)
-        iy, dy = _cell(_position(arr, s, 1, nc, start, spacing, index), scale, n)
-        iz, dz = _cell(_position(arr, s, 2, nc, start, spacing, index), scale, n)
-        lx = ix - x0
-        _outside(lx, nx, "readout")
-        f = _Planes(phi, lo, hi, lx)
-        jj = [_wrap(iy + t - 2, n) for t in range(6)]
-        kk = [_wrap(iz + t - 2, n) for t in range(6)]
-        tx, ty, tz = _taps(dx, c1, c2), _taps(dy, c1, c2), _taps(dz, c1, c2)
-        wy0 = 1.0 - dy
-        wz0 = 1.0 - dz
-        j0, j1, k0, k1 = jj[2], jj[3], kk[2], kk[3]
-        gx = 0.0
-        for t in range(6):
-            l = lx + (t - 2)
-            gx = gx + tx[t] * (wy0 * (wz0 * f(l, j0, k0) + dz * f(l, j0, k1))
-                               + dy * (wz0 * f(l, j1, k0) + dz * f(l, j1, k1)))
-        gy = 0.0
-        gz = 0.0
-        for a in range(2):
-            l = lx + a
-            wa = dx if a == 1 else 1.0 - dx
-            sy = 0.0
-            sz = 0.0
-            for t in range(6):
-                sy = sy + ty[t] * (wz0 * f(l, jj[t], k0) + dz * f(l, jj[t], k1))
-                sz = sz + tz[t] * (wy0 * f(l, j0, kk[t]) + dy * f(l, j1, kk[t]))
-            gy = gy + wa * sy
-            gz = gz + wa * sz
-        out[s, 0] = gx
-        out[s, 1] = gy
-        out[s, 2] = gz
+    g = np.empty((2, 3, n, n), np.float64) if grad is None else grad
+    if order is None:
+        if arr.shape[0] > 2 ** 31 - 1:
+            raise ValueError("readout: pass the plane order of more than 2^31 particles")
+        order, first = np.empty(arr.shape[0], np.int32), np.zeros(nx + 1, np.int64)
+        _sort_by_plane(arr, nc, start, spacing, x0, nx, boxsize, n, order, first, index, "readout")
+    held = -1
+    for l in range(nx):
+        if first[l + 1] == first[l]:
+            continue
+        for m in range(l + 1 if held == l else l, l + 2):     # planes l (unless held) and l + 1
+            _fd4_plane(phi, lo, hi, m, c1, c2, g[m % 2])
+        held = l + 1
+        g0, g1 = g[l % 2], g[(l + 1) % 2]
+        for s in _chunks(int(first[l + 1] - first[l])):
+            p = np.asarray(order[first[l] + s.start:first[l] + s.stop], dtype=np.int64)
+            ix, dx = _cell(_position(arr, p, 0, nc, start, spacing, index), scale, n)
+            iy, dy = _cell(_position(arr, p, 1, nc, start, spacing, index), scale, n)
+            iz, dz = _cell(_position(arr, p, 2, nc, start, spacing, index), scale, n)
+            if (ix - x0 != l).any():
+                raise ValueError("readout: a particle lies outside the plane its order gives")
+            jy = np.where(iy + 1 < n, iy + 1, 0)
+            jz = np.where(iz + 1 < n, iz + 1, 0)
+            wx0 = 1.0 - dx
+            wy0 = 1.0 - dy
+            wz0 = 1.0 - dz
+            for c in range(3):
+                a = wy0 * (wz0 * g0[c, iy, iz] + dz * g0[c, iy, jz]) + dy * (wz0 * g0[c, jy, iz] + dz * g0[c, jy, jz])
+                b = wy0 * (wz0 * g1[c, iy, iz] + dz * g1[c, iy, jz]) + dy * (wz0 * g1[c, jy, iz] + dz * g1[c, jy, jz])
+                out[p, c] = wx0 * a + dx * b
 
 
 def _readout(pos, fields, ghosts, x0, boxsize, out):
@@ -290,6 +282,22 @@ def scale_by_inverse_k2(c, kx, ky, kz, factor):
         c[i:i + rows] = np.where(positive, c[i:i + rows] * ratio, 0.0)
 
 
+# --------------------------------------------------------------------------- lpt
+def combine_into(p1, p2, c1, c2, factor, box, use_p2, use_factor, wrap, out):
+    """lpt.combine_into: ``out = float32(w(factor * (c1 p1 + c2 p2)))`` over 1-D arrays in
+    float64, each part only when asked; ``w`` the minimum image with ``np.mod``."""
+    for s in _chunks(p1.shape[0]):
+        f = c1 * np.asarray(p1[s], dtype=np.float64)
+        if use_p2:
+            f = f + c2 * np.asarray(p2[s], dtype=np.float64)
+        if use_factor:
+            f = factor * f
+        if wrap:
+            with np.errstate(invalid="ignore"):      # inf or box 0: NaN, as the kernel
+                f = np.mod(f + 0.5 * box, box) - 0.5 * box
+        out[s] = f
+
+
 #: (module, kernel name) -> its numpy version
 KERNELS = {
     ("cosmonet.mesh.cic", "lattice_positions"): lattice_positions,
@@ -303,4 +311,5 @@ KERNELS = {
     ("cosmonet.sim.fastpm", "drift_disp"): drift_disp,
     ("cosmonet.sim.fastpm", "kick_mom"): kick_mom,
     ("cosmonet.sim.fastpm", "scale_by_inverse_k2"): scale_by_inverse_k2,
+    ("cosmonet.sim.lpt", "combine_into"): combine_into,
 }

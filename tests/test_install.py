@@ -228,6 +228,17 @@ def test_numpy_kernels_equal_the_numba_kernels():
         c = (rng.standard_normal((8, 8, 5)) + 1j * rng.standard_normal((8, 8, 5))).astype(ctype)
         out = both(fastpm, "scale_by_inverse_k2", lambda g: (g(c), *k, 1.0 / 0.7))[0]
         assert out[0, 0, 0] == 0 and np.count_nonzero(out) == out.size - 1
+    # LPT/FastPM outputs: float64 combination, minimum image with np.mod's semantics
+    from cosmonet.sim import lpt
+    vals = np.concatenate([rng.standard_normal(300) * 300, [0.0, -0.0, 64.0, -64.0, 128.0, -128.0, 192.0,
+                                                           -192.0, 1e300, -1e300, np.inf, -np.inf, np.nan]])
+    for box in (128.0, 1e-3, -128.0):
+        both(lpt, "combine_into", lambda g: (vals, vals[::-1].copy(), 0.7, -0.3, 1.5, box, True, True, True,
+                                             g(np.zeros(len(vals), np.float32))))
+    with np.errstate(over="ignore"):
+        vals32 = vals.astype(np.float32)                 # +-1e300 -> +-inf
+    both(lpt, "combine_into", lambda g: (vals32, np.empty(0), 2.5, 0.0, 1.0, 128.0, False, False, False,
+                                         g(np.zeros(len(vals), np.float32))))
     assert both.compared == set(both.kernels), sorted(set(both.kernels) - both.compared)
 
 

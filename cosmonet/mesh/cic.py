@@ -91,19 +91,16 @@ def lattice_positions(disp, nc, start, spacing, out, index=None):
             out[p, d] = _position(disp, p, d, nc, start, spacing, index)
 
 
-@numba.njit(cache=True, nogil=True)
-def plane_order(arr, nc, start, spacing, x0, nx, boxsize, n, order, first, index=None):
-    """Stable counting sort of the particles by their lower x-plane: ``order`` (n_p,)
-    lists the particles plane by plane (in their original order within a plane) and the
-    particles of local plane ``l`` are ``order[first[l]:first[l + 1]]``; ``first`` has
-    nx + 1 entries. A particle outside the slab raises ValueError. ``index``: per-particle
-    global lattice indices in place of ``start + p`` (see :func:`_position`)."""
+@numba.njit(cache=True, nogil=True, inline="always")
+def _sort_by_plane(arr, nc, start, spacing, x0, nx, boxsize, n, order, first, index):
+    """:func:`plane_order`'s counting sort; False (``order`` unfilled) when a particle lies
+    outside the slab, for the caller to raise with its own name."""
     scale = n / boxsize
     first[:] = 0
     for p in range(arr.shape[0]):
         lx = _cell(_position(arr, p, 0, nc, start, spacing, index), scale, n)[0] - x0
         if lx < 0 or lx >= nx:
-            raise ValueError("paint: a particle lies outside this rank's slab")
+            return False
         first[lx + 1] += 1
     for l in range(nx):
         first[l + 1] += first[l]
@@ -112,6 +109,18 @@ def plane_order(arr, nc, start, spacing, x0, nx, boxsize, n, order, first, index
         lx = _cell(_position(arr, p, 0, nc, start, spacing, index), scale, n)[0] - x0
         order[fill[lx]] = p
         fill[lx] += 1
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def plane_order(arr, nc, start, spacing, x0, nx, boxsize, n, order, first, index=None):
+    """Stable counting sort of the particles by their lower x-plane: ``order`` (n_p,)
+    lists the particles plane by plane (in their original order within a plane) and the
+    particles of local plane ``l`` are ``order[first[l]:first[l + 1]]``; ``first`` has
+    nx + 1 entries. A particle outside the slab raises ValueError. ``index``: per-particle
+    global lattice indices in place of ``start + p`` (see :func:`_position`)."""
+    if not _sort_by_plane(arr, nc, start, spacing, x0, nx, boxsize, n, order, first, index):
+        raise ValueError("paint: a particle lies outside this rank's slab")
 
 
 @numba.njit(cache=True, nogil=True)
@@ -164,111 +173,120 @@ def paint_ghost(arr, nc, start, spacing, mass, order, first, slab, upper, ghost,
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _taps(w1, c1, c2, out):
-    """The 6 weights, offsets -2 .. 3 from the lower cell, of the CIC interpolation
-    (1 - w1, w1) of the FD4 derivative c1 (f[i+1] - f[i-1]) - c2 (f[i+2] - f[i-2])."""
-    w0 = 1.0 - w1
-    out[0] = w0 * c2
-    out[1] = w1 * c2 - w0 * c1
-    out[2] = -w1 * c1
-    out[3] = w0 * c1
-    out[4] = w1 * c1 - w0 * c2
-    out[5] = -w1 * c2
+def _halo_plane(phi, lo, hi, l):
+    """Local x-plane ``l`` in [-2, nx + 3): the slab's, or a halo plane below/above it."""
+    nx = phi.shape[0]
+    if l < 0:
+        return lo[l + 2]
+    if l >= nx:
+        return hi[l - nx]
+    return phi[l]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _fd4_plane(phi, lo, hi, l, c1, c2, g):
+    """The FD4 gradient ``c1 (f[i+1] - f[i-1]) - c2 (f[i+2] - f[i-2])`` of ``phi`` on local
+    x-plane ``l`` (0 .. nx), all three components, into ``g`` (3, N, N) float64; y and z
+    periodic, x from the slab and its halos. Loops over contiguous rows (vectorised)."""
+    n = phi.shape[1]
+    fm2 = _halo_plane(phi, lo, hi, l - 2)
+    fm1 = _halo_plane(phi, lo, hi, l - 1)
+    f0 = _halo_plane(phi, lo, hi, l)
+    fp1 = _halo_plane(phi, lo, hi, l + 1)
+    fp2 = _halo_plane(phi, lo, hi, l + 2)
+    gx, gy, gz = g[0], g[1], g[2]
+    for j in range(n):
+        for k in range(n):
+            gx[j, k] = (c1 * (np.float64(fp1[j, k]) - np.float64(fm1[j, k]))
+                        - c2 * (np.float64(fp2[j, k]) - np.float64(fm2[j, k])))
+    for j in range(n):
+        jm2, jm1, jp1, jp2 = (j - 2) % n, (j - 1) % n, (j + 1) % n, (j + 2) % n
+        for k in range(n):
+            gy[j, k] = (c1 * (np.float64(f0[jp1, k]) - np.float64(f0[jm1, k]))
+                        - c2 * (np.float64(f0[jp2, k]) - np.float64(f0[jm2, k])))
+    for j in range(n):
+        row, out = f0[j], gz[j]
+        for k in range(2, n - 2):
+            out[k] = (c1 * (np.float64(row[k + 1]) - np.float64(row[k - 1]))
+                      - c2 * (np.float64(row[k + 2]) - np.float64(row[k - 2])))
+        for k in (0, 1, n - 2, n - 1):      # the periodic ends (n < 4: some twice, the same)
+            out[k] = (c1 * (np.float64(row[(k + 1) % n]) - np.float64(row[(k - 1) % n]))
+                      - c2 * (np.float64(row[(k + 2) % n]) - np.float64(row[(k - 2) % n])))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _readout_planes(arr, nc, start, spacing, phi, lo, hi, x0, boxsize, out, index, order, first, g):
+    """:func:`readout_fd4_gradient` given the plane order; returns False when a particle
+    is not in the plane that ``order`` lists it in."""
+    nx, n = phi.shape[0], phi.shape[1]
+    scale = n / boxsize
+    c1 = 8.0 / (12.0 * (boxsize / n))
+    c2 = 1.0 / (12.0 * (boxsize / n))
+    held = -1                                # the plane whose gradient sits in g[held % 2]
+    for l in range(nx):
+        if first[l + 1] == first[l]:
+            continue
+        for m in range(l + 1 if held == l else l, l + 2):     # planes l (unless held) and l + 1
+            _fd4_plane(phi, lo, hi, m, c1, c2, g[m % 2])
+        held = l + 1
+        g0, g1 = g[l % 2], g[(l + 1) % 2]
+        for idx in range(first[l], first[l + 1]):
+            p = order[idx]
+            px, py, pz = _lattice_xyz(arr, p, nc, start, spacing, index)
+            ix, dx = _cell(px, scale, n)
+            iy, dy = _cell(py, scale, n)
+            iz, dz = _cell(pz, scale, n)
+            if ix - x0 != l:
+                return False
+            jy = iy + 1 if iy + 1 < n else 0
+            jz = iz + 1 if iz + 1 < n else 0
+            wx0 = 1.0 - dx
+            wy0 = 1.0 - dy
+            wz0 = 1.0 - dz
+            for c in range(3):
+                a = wy0 * (wz0 * g0[c, iy, iz] + dz * g0[c, iy, jz]) + dy * (wz0 * g0[c, jy, iz] + dz * g0[c, jy, jz])
+                b = wy0 * (wz0 * g1[c, iy, iz] + dz * g1[c, iy, jz]) + dy * (wz0 * g1[c, jy, iz] + dz * g1[c, jy, jz])
+                out[p, c] = wx0 * a + dx * b
+    return True
 
 
 @numba.njit(cache=True, nogil=True)
-def readout_fd4_gradient(arr, nc, start, spacing, phi, lo, hi, x0, boxsize, out, index=None):
+def readout_fd4_gradient(arr, nc, start, spacing, phi, lo, hi, x0, boxsize, out, index=None,
+                         order=None, first=None, grad=None):
     """CIC readout of the 4-point finite-difference gradient of ``phi`` at each particle.
 
     At a mesh node the gradient along an axis is
     ``(8 (phi[i+1] - phi[i-1]) - (phi[i+2] - phi[i-2])) / (12 H)``, whose Fourier
     transform is ``i (8 sin kH - sin 2kH) / (6H)``: the k-space FD4 kernel of
-    :func:`cosmonet.sim.fastpm.gradient_wavenumber`. Interpolating it with CIC weights
-    is a 6 x 2 x 2 stencil per component (:func:`_taps`), applied directly to ``phi``:
-    no gradient mesh is stored. ``phi`` (nx, N, N) is the local slab, ``lo`` (2, N, N)
-    the planes ``x0 - 2, x0 - 1`` and ``hi`` (3, N, N) the planes ``x0 + nx .. x0 + nx + 2``
-    (periodic, from other ranks). ``out`` (n, 3) receives the three components.
-    ``index``: per-particle global lattice indices in place of ``start + p``.
+    :func:`cosmonet.sim.fastpm.gradient_wavenumber`. The particles are visited plane by
+    plane (lower CIC x-plane, :func:`plane_order`); for plane ``l`` the three gradient
+    components are formed in float64 on the two x-planes ``l`` and ``l + 1`` (``grad``
+    (2, 3, N, N) float64 holds them: no gradient mesh is stored) and CIC-interpolated
+    at the particles of the plane. ``phi`` (nx, N, N) is the local slab, ``lo`` (2, N, N)
+    the planes ``x0 - 2, x0 - 1`` and ``hi`` (3, N, N) the planes
+    ``x0 + nx .. x0 + nx + 2`` (periodic, from other ranks). ``out`` (n, 3) receives the
+    three components. ``index``: per-particle global lattice indices in place of
+    ``start + p``. ``order``/``first``: the particles' :func:`plane_order` (paint's,
+    reused; sorted here when None, for fewer than 2^31 particles); ``grad``: scratch
+    (allocated when None). A particle outside the slab raises ValueError.
     """
     nx, n = phi.shape[0], phi.shape[1]
-    scale = n / boxsize
-    c1 = 8.0 / (12.0 * (boxsize / n))
-    c2 = 1.0 / (12.0 * (boxsize / n))
-    jj = np.empty(6, np.int64)
-    kk = np.empty(6, np.int64)
-    tx = np.empty(6)
-    ty = np.empty(6)
-    tz = np.empty(6)
-    for p in range(arr.shape[0]):
-        px, py, pz = _lattice_xyz(arr, p, nc, start, spacing, index)
-        ix, dx = _cell(px, scale, n)
-        iy, dy = _cell(py, scale, n)
-        iz, dz = _cell(pz, scale, n)
-        lx = ix - x0
-        if lx < 0 or lx >= nx:
+    if grad is None:
+        g = np.empty((2, 3, n, n), np.float64)
+    else:
+        g = grad
+    if order is None:                        # one call site below: the inlined code once
+        if arr.shape[0] > 2 ** 31 - 1:
+            raise ValueError("readout: pass the plane order of more than 2^31 particles")
+        o = np.empty(arr.shape[0], np.int32)
+        f = np.zeros(nx + 1, np.int64)
+        if not _sort_by_plane(arr, nc, start, spacing, x0, nx, boxsize, n, o, f, index):
             raise ValueError("readout: a particle lies outside this rank's slab")
-        for t in range(6):
-            j = iy + t - 2
-            jj[t] = j + n if j < 0 else (j - n if j >= n else j)
-            k = iz + t - 2
-            kk[t] = k + n if k < 0 else (k - n if k >= n else k)
-        _taps(dx, c1, c2, tx)
-        _taps(dy, c1, c2, ty)
-        _taps(dz, c1, c2, tz)
-        wy0 = 1.0 - dy
-        wz0 = 1.0 - dz
-        j0 = jj[2]
-        j1 = jj[3]
-        k0 = kk[2]
-        k1 = kk[3]
-        gx = 0.0
-        gy = 0.0
-        gz = 0.0
-        if lx >= 2 and lx + 3 < nx:          # interior: no halo, plain 3-D indexing
-            for t in range(6):
-                l = lx + t - 2
-                gx += tx[t] * (wy0 * (wz0 * phi[l, j0, k0] + dz * phi[l, j0, k1])
-                               + dy * (wz0 * phi[l, j1, k0] + dz * phi[l, j1, k1]))
-            for a in range(2):
-                l = lx + a
-                wa = dx if a == 1 else 1.0 - dx
-                sy = 0.0
-                sz = 0.0
-                for t in range(6):
-                    sy += ty[t] * (wz0 * phi[l, jj[t], k0] + dz * phi[l, jj[t], k1])
-                    sz += tz[t] * (wy0 * phi[l, j0, kk[t]] + dy * phi[l, j1, kk[t]])
-                gy += wa * sy
-                gz += wa * sz
-            out[p, 0] = gx
-            out[p, 1] = gy
-            out[p, 2] = gz
-            continue
-        for t in range(6):
-            l = lx + t - 2
-            if l < 0:
-                f = lo[l + 2]
-            elif l >= nx:
-                f = hi[l - nx]
-            else:
-                f = phi[l]
-            gx += tx[t] * (wy0 * (wz0 * f[j0, k0] + dz * f[j0, k1]) + dy * (wz0 * f[j1, k0] + dz * f[j1, k1]))
-        for a in range(2):
-            l = lx + a
-            if l >= nx:
-                f = hi[l - nx]
-            else:
-                f = phi[l]
-            wa = dx if a == 1 else 1.0 - dx
-            sy = 0.0
-            sz = 0.0
-            for t in range(6):
-                sy += ty[t] * (wz0 * f[jj[t], k0] + dz * f[jj[t], k1])
-                sz += tz[t] * (wy0 * f[j0, kk[t]] + dy * f[j1, kk[t]])
-            gy += wa * sy
-            gz += wa * sz
-        out[p, 0] = gx
-        out[p, 1] = gy
-        out[p, 2] = gz
+    else:
+        o = order
+        f = first
+    if not _readout_planes(arr, nc, start, spacing, phi, lo, hi, x0, boxsize, out, index, o, f, g):
+        raise ValueError("readout: a particle lies outside the plane its order gives")
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

@@ -93,11 +93,16 @@ class ParticleMesh:
         """k_i for the spectral derivative i k_i, zero on the Nyquist plane of that axis.
 
         The Nyquist mode's derivative is not representable on a real field; zeroing it
-        keeps results independent of the decomposition.
+        keeps results independent of the decomposition. Computed once per axis and
+        returned read-only (1-D along ``axis``, broadcastable).
         """
-        k = self.k[axis].copy()
-        k[np.isclose(np.abs(k), self.k_nyquist)] = 0.0
-        return k
+        key = ("gradient_k", axis)
+        if key not in self.cache:
+            k = self.k[axis].copy()
+            k[np.isclose(np.abs(k), self.k_nyquist)] = 0.0
+            k.flags.writeable = False
+            self.cache[key] = k
+        return self.cache[key]
 
     def hermitian_weights(self):
         """Multiplicity of each local complex mode in the full (non-halved) k space.
@@ -263,7 +268,7 @@ class ParticleMesh:
         self.paint_into(out, opos, omass)
         return out
 
-    def paint_into(self, out, arr, mass=None, lattice=None, index=None):
+    def paint_into(self, out, arr, mass=None, lattice=None, index=None, return_order=False):
         """CIC-paint particles that this rank owns into ``out`` (local real slab, mesh
         dtype, overwritten), folding in the plane painted above the slab from the rank below.
 
@@ -273,6 +278,9 @@ class ParticleMesh:
         kernel); with ``index`` (n,) int32/int64 as well, the particles' global lattice
         indices instead of ``start + p`` (routed particles: :meth:`route_lattice`).
         ``mass``: per-particle weights, None or empty for 1. Collective.
+        Returns ``out``, or with ``return_order`` ``(out, order, first)``: the particles'
+        :func:`~cosmonet.mesh.cic.plane_order`, which the FD4 readout of the same
+        particles reuses.
         """
         nc, start = (0, 0) if lattice is None else (int(lattice[0]), int(lattice[1]))
         spacing = self.BoxSize / nc if nc else 0.0
@@ -286,7 +294,8 @@ class ParticleMesh:
         cic.plane_order(arr, nc, start, spacing, self.x0, nx, self.BoxSize, N, order, first, index)
         cic.paint_ghost(arr, nc, start, spacing, mass, order, first, out, upper, ghost, self.x0, self.BoxSize,
                         index)
-        del order
+        if not return_order:
+            del order, first
         if self.comm.size == 1:
             out[0] += ghost
         else:
@@ -294,7 +303,7 @@ class ParticleMesh:
             recv = np.empty_like(ghost)
             self.comm.Sendrecv(ghost, dest=up, recvbuf=recv, source=down)
             out[0] += recv
-        return out
+        return (out, order, first) if return_order else out
 
     def halo(self, field, below=2, above=3):
         """The ``below`` planes under the local slab and the ``above`` planes over it

@@ -110,16 +110,18 @@ class GravitySolver:
     exact inverse Laplacian, 0 at k = 0) is built in k space from 1-D wavevectors, and
 
     - ``gradient="fd4"``, ``method="real"`` (default): ONE inverse FFT brings psi to the
-      mesh; the 4-point finite-difference gradient is taken in real space at the corners
-      of each particle's cell, from the local slab plus a halo of 2 planes below and 3
-      above exchanged with the neighbouring ranks, and CIC-interpolated. Its Fourier
+      mesh; the 4-point finite-difference gradient is taken in real space, two x-planes
+      at a time (from the local slab plus a halo of 2 planes below and 3 above exchanged
+      with the neighbouring ranks), and CIC-interpolated at the particles of each plane
+      in paint's plane order (:func:`cosmonet.mesh.cic.readout_fd4_gradient`). Its Fourier
       transform is i (8 sin kH - sin 2kH) / 6H, the k-space FD4 kernel, so the two
       methods agree to round-off (``tests/test_engine_memory.py``).
     - ``method="kspace"`` (and ``gradient="fd2"`` or ``"exact"``): F_d(k) = i D_d(k) psi(k)
       of :func:`gradient_wavenumber`, three inverse FFTs, three force meshes.
 
     Buffers live in the mesh's cache, so a cached mesh serves every simulation; the real
-    method keeps nothing but the mesh's two FFT buffers.
+    method keeps nothing but the mesh's two FFT buffers (the readout's gradient planes
+    use the complex one, free by then).
     """
 
     def __init__(self, pm, n_particles_total, gradient="fd4", method=None):
@@ -144,14 +146,27 @@ class GravitySolver:
         return self._force(state.disp, (nc, start), state.disp.dtype)
 
     def _potential_k(self, opos, lattice, index=None):
-        """Paint, forward FFT, psi(k) = delta(k) / k^2 in the mesh's complex buffer."""
+        """Paint, forward FFT, psi(k) = delta(k) / k^2 in the mesh's complex buffer;
+        returns it and the particles' plane order (paint's, for the readout)."""
         pm = self.pm
         with pm.timers("paint"):
-            rho = pm.paint_into(pm.real_workspace, opos, lattice=lattice, index=index)
+            rho, order, first = pm.paint_into(pm.real_workspace, opos, lattice=lattice, index=index,
+                                              return_order=True)
         psi_k = pm.r2c(rho, out=pm.complex_workspace)
         kx, ky, kz = self._k1          # not under a timer: the split books it as "rest"
         scale_by_inverse_k2(psi_k, kx, ky, kz, 1.0 / self.nbar)
-        return psi_k
+        return psi_k, order, first
+
+    def _gradient_planes(self):
+        """Scratch (2, 3, N, N) float64 for the readout's gradient planes: a view of the
+        complex FFT buffer, free once psi is on the mesh (the c2r has consumed it), when
+        it is large enough (always on one rank; on several ranks when the local complex
+        slab has about 12 y-planes or more); else a new array (48 N^2 bytes)."""
+        n = self.pm.Nmesh
+        buf, need = self.pm.complex_workspace, 2 * 3 * n * n
+        if buf.flags.c_contiguous and buf.nbytes >= 8 * need:
+            return buf.reshape(-1).view(np.float64)[:need].reshape(2, 3, n, n)
+        return np.empty((2, 3, n, n), np.float64)
 
     def _force(self, arr, lattice, dtype):
         pm = self.pm
@@ -167,17 +182,19 @@ class GravitySolver:
             del arr                          # only the routed copy is needed from here
         else:
             layout, opos, index = None, arr, None
-        psi_k = self._potential_k(opos, lattice, index)
+        psi_k, order, first = self._potential_k(opos, lattice, index)
         if self.method == "kspace":
+            del order, first
             return self._kspace_force(psi_k, opos, layout).astype(dtype, copy=False)
         psi = pm.c2r(psi_k, out=pm.real_workspace)
+        del psi_k
         with pm.timers("readout"):
             lo, hi = pm.halo(psi, 2, 3)
             nc, start = (0, 0) if lattice is None else lattice
             values = np.empty((len(opos), 3), dtype)
             cic.readout_fd4_gradient(opos, nc, start, pm.BoxSize / nc if nc else 0.0, psi, lo, hi,
-                                     pm.x0, pm.BoxSize, values, index)
-            del opos, index                  # the routed particles go before the gather
+                                     pm.x0, pm.BoxSize, values, index, order, first, self._gradient_planes())
+            del opos, index, order, first    # the routed particles go before the gather
             return values if layout is None else layout.gather(values)
 
     def _kspace_force(self, psi_k, pos, layout):

@@ -15,7 +15,9 @@ from ..mesh import ParticleMesh, get_mesh
 from ..timing import Timers
 from .fastpm import GravitySolver, ParticleState, run_fastpm
 from .linear import linear_density_from_field, linear_density_k
-from .lpt import lpt2_displacement, za_displacement
+from .lpt import combine_into, lpt2_displacement, za_displacement
+
+_NONE = np.empty(0)   # the absent second term of combine_into
 
 #: km/s per unit of FastPM momentum divided by a: v = a dx/dt = 100 p / a km/s for
 #: p in Mpc/h (H0 = 100 h km/s/Mpc).
@@ -215,50 +217,30 @@ def _fastpm_fields(state, pm, box, a, keep, copy):
     ``fastpm/vel`` (km/s) of ``state`` at scale factor ``a``, those ``keep`` selects.
     ``copy=False`` frees each state array once its output is built."""
     vel = VELOCITY_UNIT_KMS / a
-
-    def scaled(v):
-        v *= vel
-        return v
-
-    for name, attr, fn in (("fastpm/disp", "disp", lambda v: _minimum_image_inplace(v, box)),
-                           ("fastpm/vel", "mom", scaled)):
+    for name, attr, coef, wrap in (("fastpm/disp", "disp", 1.0, True), ("fastpm/vel", "mom", vel, False)):
         values = getattr(state, attr)
         if not copy:
             setattr(state, attr, None)   # each state array is freed once its output is built
-        if keep(name):               # one component at a time: float64 temporaries of n values
+        if keep(name):               # float64 arithmetic, one element at a time (lpt.combine_into)
             arr = np.empty((3,) + pm.real_shape, np.float32)
             for d in range(3):
-                arr[d] = fn(values[:, d].astype(np.float64)).reshape(pm.real_shape)
+                combine_into(values[:, d], _NONE, coef, 0.0, 1.0, box, False, False, wrap, arr[d].reshape(-1))
             yield name, arr
         del values
 
 
 def _per_component(psi1, psi2, c1, c2, box=None, factor=None, particles=None):
-    """float32 field ``factor * (c1 psi1 + c2 psi2)`` (``c2 = None``: psi1 only), built one
-    component at a time in float64 with in-place operations, wrapped to the minimum image
-    when ``box`` is given: (3, nx, nc, nc), or (particles, 3) when ``particles`` is given."""
+    """float32 field ``factor * (c1 psi1 + c2 psi2)`` (``c2 = None``: psi1 only), computed
+    in float64 one element at a time (:func:`~cosmonet.sim.lpt.combine_into`), wrapped to the
+    minimum image when ``box`` is given: (3, nx, nc, nc), or (particles, 3) when
+    ``particles`` is given."""
     out = np.empty((3,) + psi1.shape[1:] if particles is None else (particles, 3), np.float32)
     for d in range(3):
-        f = c1 * psi1[d]
-        if c2 is not None:
-            f += c2 * psi2[d]
-        if factor is not None:
-            f = factor * f
-        if box is not None:
-            _minimum_image_inplace(f, box)
-        if particles is None:
-            out[d] = f
-        else:
-            out[:, d] = f.ravel()
+        combine_into(psi1[d].reshape(-1), _NONE if c2 is None else psi2[d].reshape(-1), c1,
+                     0.0 if c2 is None else c2, 1.0 if factor is None else factor,
+                     1.0 if box is None else box, c2 is not None, factor is not None, box is not None,
+                     out[d].reshape(-1) if particles is None else out[:, d])
     return out
-
-
-def _minimum_image_inplace(f, boxsize):
-    """:func:`minimum_image` of a float64 array in place (same arithmetic)."""
-    f += 0.5 * boxsize
-    np.mod(f, boxsize, out=f)
-    f -= 0.5 * boxsize
-    return f
 
 
 def gather_fields(result, root=0):
