@@ -66,10 +66,10 @@ def cosmonet_run(cfg, comm):
     captured = {}
     original = simulation.run_fastpm
 
-    def capture(state, solver, growth, omega_m, a_end, steps, progress=None):
+    def capture(state, solver, growth, omega_m, a_end, steps, progress=None, **kw):
         captured.update(disp=state.disp.copy(), mom=state.mom.copy(), a=state.a, lattice=state.lattice,
                         growth=growth, omega_m=omega_m, a_end=a_end, steps=steps, solver=solver)
-        return original(state, solver, growth, omega_m, a_end, steps, progress=progress)
+        return original(state, solver, growth, omega_m, a_end, steps, progress=progress, **kw)
 
     simulation.run_fastpm = capture
     try:

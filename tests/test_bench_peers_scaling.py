@@ -26,6 +26,20 @@ def test_bench_peers_without_jaxpm_says_so_in_json(tmp_path):
     assert "jax hidden by the test" in doc["reason"] and "[peers]" in doc["reason"]
 
 
+def test_bench_peers_cosmonet_side_runs_without_jaxpm():
+    """The cosmonet half of the comparison (no jax needed): the simulation runs through the
+    wrapper that captures the initial state (it must pass on run_fastpm's keywords), and
+    the captured state is the 2LPT start at a_start."""
+    import bench_peers
+    from mpi4py import MPI
+
+    from cosmonet.sim.simulation import SimConfig
+    cfg = SimConfig(nc=8, box=32.0, steps=2, seed=3)
+    res, captured = bench_peers.cosmonet_run(cfg, MPI.COMM_SELF)
+    assert captured["a"] == pytest.approx(cfg.a_start) and captured["steps"] == 2
+    assert captured["disp"].shape == (8 ** 3, 3) and "fastpm/disp" in res.fields
+
+
 INP = {"fft_gflops_per_rank": 4.0, "paint_s_per_particle": 50e-9, "readout_s_per_particle": 100e-9,
        "other_fraction": 0.1, "bytes_per_particle_1rank": 177.0, "bytes_per_particle_nrank": 330.0,
        "baseline_mib": 210.0}
