@@ -110,14 +110,19 @@ def _mse(pred, target):
 
 
 def _train_loss(cfg, box, model):
-    """The training loss: the model's own (paramnet), MSE, or MSE plus the density term."""
-    from .losses import displacement_loss
+    """The training loss: the model's own (paramnet), MSE or relative MSE (``train.loss``),
+    either plus the density term."""
+    from .losses import displacement_loss, relative_mse
     if hasattr(model, "loss"):            # a model that defines its own loss (paramnet: MSE or Gaussian NLL)
+        if cfg["train"]["loss"] != "mse":
+            raise InputError(f"train config: train.loss: {cfg['train']['loss']} is for displacement networks; "
+                             f"{cfg['model']['name']} has its own loss")
         return model.loss
     weight, scale = cfg["train"]["density_weight"], cfg["data"]["scale"]
+    relative = cfg["train"]["loss"] == "relative"
     if weight == 0:
-        return _mse
-    return lambda pred, target: displacement_loss(pred, target, scale, box, weight)
+        return relative_mse if relative else _mse
+    return lambda pred, target: displacement_loss(pred, target, scale, box, weight, relative)
 
 
 def campaign_setup(root):

@@ -1,4 +1,5 @@
-"""Training losses: MSE on displacement, optionally plus a density term.
+"""Training losses: MSE on displacement (or each sample's MSE relative to its own mean
+square, ``train.loss: relative``), optionally plus a density term.
 
 The density term paints the particles at q + psi with a differentiable cloud-in-cell
 (CIC) assignment on the particles' own nc^3 grid and compares the density contrasts of
@@ -36,10 +37,23 @@ def cic_density(disp, box):
     return (out - 1.0).reshape(B, 1, n, n, n)
 
 
-def displacement_loss(pred, target, scale, box, density_weight=0.0):
-    """MSE of the (normalised) displacements, plus ``density_weight`` x MSE of the CIC
-    density contrasts of q + scale * pred and q + scale * target."""
-    loss = torch.mean((pred - target) ** 2)
+def relative_mse(pred, target):
+    """Mean over the batch of each sample's MSE divided by the mean square of its target
+    (dimensionless). Plain MSE weights a box by the square of its displacements, so on
+    pairs of several amplitudes the low-amplitude boxes (A_s x 0.1: a tenth of the
+    fiducial power) hardly count; this weights every box by its relative error, the
+    quantity ``evaluate`` reports."""
+    dims = tuple(range(1, target.dim()))
+    err = torch.mean((pred - target) ** 2, dim=dims)
+    norm = torch.mean(target ** 2, dim=dims).clamp_min(torch.finfo(target.dtype).tiny)
+    return torch.mean(err / norm)
+
+
+def displacement_loss(pred, target, scale, box, density_weight=0.0, relative=False):
+    """MSE of the (normalised) displacements (:func:`relative_mse` with ``relative``), plus
+    ``density_weight`` x MSE of the CIC density contrasts of q + scale * pred and
+    q + scale * target."""
+    loss = relative_mse(pred, target) if relative else torch.mean((pred - target) ** 2)
     if density_weight > 0:
         d_pred = cic_density(pred * scale, box)
         d_true = cic_density(target * scale, box)

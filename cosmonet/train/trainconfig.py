@@ -35,6 +35,7 @@ train:
   checkpoint_every: 100          # steps
   log_every: 10                  # steps
   seed: 0
+  loss: mse                      # or relative: each box's MSE over its own mean square (pairs of several amplitudes)
   density_weight: 0.0            # > 0 adds weight x MSE of the CIC densities of q + psi
   check_every: 1                 # steps between host checks of the device-side non-finite flag
   time_budget: 0                 # seconds of wall clock (0: off); lr schedule fitted (train/schedule.py)
@@ -108,6 +109,7 @@ class TrainSettings(_Section):
     checkpoint_every: int = 100
     log_every: int = 10
     seed: int = 0
+    loss: str = "mse"                # mse | relative (train/losses.py)
     density_weight: float = 0.0
     check_every: int = 1             # device flag / time budget: train/staged.py, train/schedule.py
     time_budget: float = 0.0
@@ -147,14 +149,15 @@ _TYPES = {
     "train.backend": str, "train.batch_size": int, "train.base_batch": int, "train.lr": float,
     "train.epochs": int, "train.max_steps": int, "train.optimizer": str, "train.weight_decay": float,
     "train.scheduler": str, "train.checkpoint_every": int, "train.log_every": int, "train.seed": int,
-    "train.density_weight": float,
+    "train.density_weight": float, "train.loss": str,
     "train.check_every": int, "train.time_budget": float, "train.budget_warmup_steps": int,
     "train.budget_step_seconds": float, "train.precision": str, "train.init_from": str,
     "out": str,
 }
 _CHOICES = {"train.backend": ("ddp", "horovod"), "train.optimizer": ("adam", "sgd"),
             "train.scheduler": ("cosine", "constant"), "data.staging": ("auto", "device", "loader"),
-            "data.source": ("campaign", "generate"), "train.precision": ("auto", "fp32", "bf16")}
+            "data.source": ("campaign", "generate"), "train.precision": ("auto", "fp32", "bf16"),
+            "train.loss": ("mse", "relative")}
 _MINIMUM = {"train.batch_size": 1, "train.base_batch": 1, "train.epochs": 1, "train.max_steps": 0,
             "train.checkpoint_every": 1, "train.log_every": 1, "data.num_workers": 0, "train.seed": 0,
             "data.subcube": 0, "train.check_every": 1, "train.time_budget": 0.0, "train.budget_warmup_steps": 2,
