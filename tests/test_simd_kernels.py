@@ -93,16 +93,16 @@ def _particles(rng, n_p, box, hostile):
     return disp
 
 
-CASES = [  # nc, mesh n, rank slab (x0, nx), index?, hostile?, mass?
-    (16, 32, (0, 32), False, True, False),     # shifts; > BLOCK particles a plane
-    (12, 24, (0, 24), True, True, True),       # division; routed indices; masses
-    (12, 16, (5, 6), True, False, False),      # a slab of a bigger mesh
-    (10, 13, (0, 13), False, False, True),
+CASES = [  # nc, mesh n, rank slab (x0, nx), index?, hostile?, mass?, mesh dtype
+    (16, 32, (0, 32), False, True, False, np.float32),    # shifts; > BLOCK particles a plane
+    (12, 24, (0, 24), True, True, True, np.float64),      # division; routed indices; masses
+    (12, 16, (5, 6), True, False, False, np.float32),     # a slab of a bigger mesh
+    (10, 13, (0, 13), False, False, True, np.float32),
 ]
 
 
-@pytest.mark.parametrize("nc, n, slab, routed, hostile, with_mass", CASES)
-def test_paint_and_readout_equal_the_per_particle_kernels(nc, n, slab, routed, hostile, with_mass):
+@pytest.mark.parametrize("nc, n, slab, routed, hostile, with_mass, dtype", CASES)
+def test_paint_and_readout_equal_the_per_particle_kernels(nc, n, slab, routed, hostile, with_mass, dtype):
     rng = np.random.default_rng(nc * 100 + n)
     x0, nx = slab
     disp = _particles(rng, nc ** 3, BOX, hostile)
@@ -124,7 +124,7 @@ def test_paint_and_readout_equal_the_per_particle_kernels(nc, n, slab, routed, h
     first = np.zeros(nx + 1, np.int64)
     cic.plane_order(arr, nc, 0, sp, x0, nx, BOX, n, order, first, idx)
     assert np.diff(first).max() > cic.BLOCK       # full and partial blocks
-    for dtype in (np.float32, np.float64):
+    if True:                                      # one mesh dtype a case (compile time)
         outs = []
         for mod in (cic, nk):
             slab_, upper, ghost = np.ones((nx, n, n), dtype), np.ones((2, n, n), dtype), np.ones((n, n), dtype)
@@ -140,9 +140,10 @@ def test_paint_and_readout_equal_the_per_particle_kernels(nc, n, slab, routed, h
             mod.readout_fd4_gradient(arr, nc, 0, sp, phi, lo, hi, x0, BOX, out, idx, order, first)
             vals.append(out)
         assert _bits(vals[0]) == _bits(vals[1])
-        out = np.zeros((len(arr), 3), dtype)      # without a given plane order
-        cic.readout_fd4_gradient(arr, nc, 0, sp, phi, lo, hi, x0, BOX, out, idx)
-        assert _bits(out) == _bits(vals[1])
+        if not routed:                            # without a given plane order
+            out = np.zeros((len(arr), 3), dtype)
+            cic.readout_fd4_gradient(arr, nc, 0, sp, phi, lo, hi, x0, BOX, out, idx)
+            assert _bits(out) == _bits(vals[1])
 
 
 def test_readout_raises_when_the_order_lies():
@@ -155,7 +156,7 @@ def test_readout_raises_when_the_order_lies():
     k = int(np.argmax(np.diff(first)))
     bad = first.copy()
     bad[k + 1] -= 1                               # the last particle of plane k moves to k + 1
-    phi, lo, hi = np.zeros((n, n, n)), np.zeros((2, n, n)), np.zeros((3, n, n))
+    phi, lo, hi = (np.zeros((m, n, n), np.float32) for m in (n, 2, 3))   # a signature of the test above
     with pytest.raises(ValueError, match="outside the plane its order gives"):
         cic.readout_fd4_gradient(disp, nc, 0, BOX / nc, phi, lo, hi, 0, BOX,
-                                 np.zeros((len(disp), 3)), None, order, bad)
+                                 np.zeros((len(disp), 3), np.float32), None, order, bad)

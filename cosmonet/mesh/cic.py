@@ -215,6 +215,7 @@ def paint_ghost(arr, nc, start, spacing, mass, order, first, slab, upper, ghost,
     pos = np.empty((3, BLOCK), np.float64)
     ci = np.empty((3, BLOCK), np.int64)
     cd = np.empty((3, BLOCK), np.float64)
+    one, zero, nu = np.uint64(1), np.uint64(0), np.uint64(n)
     slab[...] = 0
     upper[...] = 0
     for l in range(nx):
@@ -226,9 +227,10 @@ def paint_ghost(arr, nc, start, spacing, mass, order, first, slab, upper, ghost,
             for d in range(3):
                 _block_cells(pos, d, scale, n, cnt, ci, cd)
             for b in range(cnt):
-                dx, iy, dy, iz, dz = cd[0, b], ci[1, b], cd[1, b], ci[2, b], cd[2, b]
-                jy = iy + 1 if iy + 1 < n else 0
-                jz = iz + 1 if iz + 1 < n else 0
+                dx, dy, dz = cd[0, b], cd[1, b], cd[2, b]
+                iy, iz = np.uint64(ci[1, b]), np.uint64(ci[2, b])
+                jy = iy + one if iy + one < nu else zero
+                jz = iz + one if iz + one < nu else zero
                 m = 1.0 if unit else np.float64(mass[order[b0 + b]])
                 wx0 = m * (1.0 - dx)
                 wx1 = m * dx
@@ -302,6 +304,7 @@ def _readout_planes(arr, nc, start, spacing, phi, lo, hi, x0, boxsize, out, inde
     pos = np.empty((3, BLOCK), np.float64)
     ci = np.empty((3, BLOCK), np.int64)
     cd = np.empty((3, BLOCK), np.float64)
+    one, zero, nu = np.uint64(1), np.uint64(0), np.uint64(n)
     for l in range(nx):
         if first[l + 1] == first[l]:
             continue
@@ -321,9 +324,10 @@ def _readout_planes(arr, nc, start, spacing, phi, lo, hi, x0, boxsize, out, inde
                 return False
             for b in range(cnt):
                 p = order[b0 + b]
-                dx, iy, dy, iz, dz = cd[0, b], ci[1, b], cd[1, b], ci[2, b], cd[2, b]
-                jy = iy + 1 if iy + 1 < n else 0
-                jz = iz + 1 if iz + 1 < n else 0
+                dx, dy, dz = cd[0, b], cd[1, b], cd[2, b]
+                iy, iz = np.uint64(ci[1, b]), np.uint64(ci[2, b])
+                jy = iy + one if iy + one < nu else zero
+                jz = iz + one if iz + one < nu else zero
                 wx0 = 1.0 - dx
                 wy0 = 1.0 - dy
                 wz0 = 1.0 - dz
