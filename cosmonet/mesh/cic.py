@@ -9,6 +9,10 @@ adjoints of each other. No kernel indexes out of bounds whatever its input: cell
 are wrapped with a true modulo (NaN and inf give cell 0 and a NaN weight), and a particle
 outside the rank's slab raises ValueError. Every kernel computes a particle's cell as
 ``floor(x * (N / BoxSize))``, the same arithmetic, so routing and painting agree.
+:func:`paint_ghost` and :func:`readout_fd4_gradient` work on blocks of :data:`BLOCK`
+particles: positions and cells of a block in loops LLVM vectorises
+(:func:`_block_positions`, :func:`_block_cells`, bit for bit :func:`_lattice_xyz` and
+:func:`_cell`), then the scatter or gather in particle order (the same sums).
 """
 import numpy as np
 
