@@ -9,6 +9,10 @@ adjoints of each other. No kernel indexes out of bounds whatever its input: cell
 are wrapped with a true modulo (NaN and inf give cell 0 and a NaN weight), and a particle
 outside the rank's slab raises ValueError. Every kernel computes a particle's cell as
 ``floor(x * (N / BoxSize))``, the same arithmetic, so routing and painting agree.
+:func:`paint_ghost` and :func:`readout_fd4_gradient` work on blocks of :data:`BLOCK`
+particles: positions and cells of a block in loops LLVM vectorises
+(:func:`_block_positions`, :func:`_block_cells`, bit for bit :func:`_lattice_xyz` and
+:func:`_cell`), then the scatter or gather in particle order (the same sums).
 """
 import numpy as np
 
@@ -82,6 +86,76 @@ def _lattice_xyz(arr, p, nc, start, spacing, index=None):
             k * spacing + np.float64(arr[p, 2]))
 
 
+BLOCK = 64    # particles per block of the paint and readout kernels (block buffers: ~4 KiB)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _lattice_shift(nc):
+    """``log2(nc)`` when ``nc`` is a power of two below 2^21 (the lattice index splits
+    with shifts and masks, exactly as with ``//`` and ``%``), else -1."""
+    if nc <= 0 or nc >= 1 << 21 or (nc & (nc - 1)) != 0:
+        return -1
+    s = 0
+    while (1 << s) < nc:
+        s += 1
+    return s
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _block_positions(arr, nc, start, spacing, index, order, b0, cnt, shift, pos):
+    """``pos[:, b]`` (3, BLOCK) float64 <- :func:`_lattice_xyz` of particle ``order[b0 + b]``,
+    ``b < cnt`` (the same float64 values). ``shift``: :func:`_lattice_shift` of ``nc``; for
+    a power of two the lattice index splits with shifts and masks (floor semantics, the
+    same integers as ``//`` and ``%`` for any sign)."""
+    if nc == 0:
+        for b in range(cnt):
+            p = order[b0 + b]
+            pos[0, b] = np.float64(arr[p, 0])
+            pos[1, b] = np.float64(arr[p, 1])
+            pos[2, b] = np.float64(arr[p, 2])
+    elif shift >= 0:
+        mask = nc - 1
+        s2 = 2 * shift
+        for b in range(cnt):
+            p = order[b0 + b]
+            g = _gindex(index, start, p)
+            pos[0, b] = (g >> s2) * spacing + np.float64(arr[p, 0])
+            pos[1, b] = ((g >> shift) & mask) * spacing + np.float64(arr[p, 1])
+            pos[2, b] = (g & mask) * spacing + np.float64(arr[p, 2])
+    else:
+        for b in range(cnt):
+            px, py, pz = _lattice_xyz(arr, order[b0 + b], nc, start, spacing, index)
+            pos[0, b] = px
+            pos[1, b] = py
+            pos[2, b] = pz
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _block_cells(pos, d, scale, n, cnt, ci, cd):
+    """``ci[d, b], cd[d, b] = _cell(pos[d, b], scale, n)`` for ``b < cnt``, bit for bit.
+
+    A branch-free loop (LLVM vectorises it) covers ``x * scale`` in ``[-n, 2n)``: there
+    ``floor`` is exact, and the offset ``f - float(int(floor(f)))`` and the index wrapped
+    by one period are :func:`_cell`'s (``-0.0`` included: ``f - 0``). Any other lane (one
+    period or more outside the box, NaN, inf) is redone with :func:`_cell` itself."""
+    lo = -np.float64(n)
+    hi = 2.0 * n
+    bad = 0
+    for b in range(cnt):
+        f = pos[d, b] * scale
+        ok = (f >= lo) & (f < hi)
+        i = np.int64(np.floor(f if ok else 0.0))
+        cd[d, b] = f - i
+        i = i + n if i < 0 else i
+        ci[d, b] = i - n if i >= n else i
+        bad += not ok
+    if bad:
+        for b in range(cnt):
+            f = pos[d, b] * scale
+            if not (f >= lo and f < hi):
+                ci[d, b], cd[d, b] = _cell(pos[d, b], scale, n)
+
+
 @numba.njit(cache=True, nogil=True)
 def lattice_positions(disp, nc, start, spacing, out, index=None):
     """``out[p] = q(start + p) + disp[p]`` in float64 (not wrapped), Mpc/h; ``q(index[p])``
@@ -141,32 +215,39 @@ def paint_ghost(arr, nc, start, spacing, mass, order, first, slab, upper, ghost,
     nx, n = slab.shape[0], slab.shape[1]
     scale = n / boxsize
     unit = mass.shape[0] == 0
+    shift = _lattice_shift(nc)
+    pos = np.empty((3, BLOCK), np.float64)
+    ci = np.empty((3, BLOCK), np.int64)
+    cd = np.empty((3, BLOCK), np.float64)
+    one, zero, nu = np.uint64(1), np.uint64(0), np.uint64(n)
     slab[...] = 0
     upper[...] = 0
     for l in range(nx):
         cur = upper[l % 2]
         cur[...] = 0
-        for idx in range(first[l], first[l + 1]):
-            p = order[idx]
-            px, py, pz = _lattice_xyz(arr, p, nc, start, spacing, index)
-            dx = _cell(px, scale, n)[1]
-            iy, dy = _cell(py, scale, n)
-            iz, dz = _cell(pz, scale, n)
-            jy = iy + 1 if iy + 1 < n else 0
-            jz = iz + 1 if iz + 1 < n else 0
-            m = 1.0 if unit else np.float64(mass[p])
-            wx0 = m * (1.0 - dx)
-            wx1 = m * dx
-            wy0 = 1.0 - dy
-            wz0 = 1.0 - dz
-            slab[l, iy, iz] += wx0 * wy0 * wz0
-            slab[l, iy, jz] += wx0 * wy0 * dz
-            slab[l, jy, iz] += wx0 * dy * wz0
-            slab[l, jy, jz] += wx0 * dy * dz
-            cur[iy, iz] += wx1 * wy0 * wz0
-            cur[iy, jz] += wx1 * wy0 * dz
-            cur[jy, iz] += wx1 * dy * wz0
-            cur[jy, jz] += wx1 * dy * dz
+        for b0 in range(first[l], first[l + 1], BLOCK):
+            cnt = min(BLOCK, first[l + 1] - b0)
+            _block_positions(arr, nc, start, spacing, index, order, b0, cnt, shift, pos)
+            for d in range(3):
+                _block_cells(pos, d, scale, n, cnt, ci, cd)
+            for b in range(cnt):
+                dx, dy, dz = cd[0, b], cd[1, b], cd[2, b]
+                iy, iz = np.uint64(ci[1, b]), np.uint64(ci[2, b])
+                jy = iy + one if iy + one < nu else zero
+                jz = iz + one if iz + one < nu else zero
+                m = 1.0 if unit else np.float64(mass[order[b0 + b]])
+                wx0 = m * (1.0 - dx)
+                wx1 = m * dx
+                wy0 = 1.0 - dy
+                wz0 = 1.0 - dz
+                slab[l, iy, iz] += wx0 * wy0 * wz0
+                slab[l, iy, jz] += wx0 * wy0 * dz
+                slab[l, jy, iz] += wx0 * dy * wz0
+                slab[l, jy, jz] += wx0 * dy * dz
+                cur[iy, iz] += wx1 * wy0 * wz0
+                cur[iy, jz] += wx1 * wy0 * dz
+                cur[jy, iz] += wx1 * dy * wz0
+                cur[jy, jz] += wx1 * dy * dz
         if l > 0:
             slab[l] += upper[(l - 1) % 2]
     ghost[...] = upper[(nx - 1) % 2]
@@ -223,6 +304,11 @@ def _readout_planes(arr, nc, start, spacing, phi, lo, hi, x0, boxsize, out, inde
     c1 = 8.0 / (12.0 * (boxsize / n))
     c2 = 1.0 / (12.0 * (boxsize / n))
     held = -1                                # the plane whose gradient sits in g[held % 2]
+    shift = _lattice_shift(nc)
+    pos = np.empty((3, BLOCK), np.float64)
+    ci = np.empty((3, BLOCK), np.int64)
+    cd = np.empty((3, BLOCK), np.float64)
+    one, zero, nu = np.uint64(1), np.uint64(0), np.uint64(n)
     for l in range(nx):
         if first[l + 1] == first[l]:
             continue
@@ -230,23 +316,29 @@ def _readout_planes(arr, nc, start, spacing, phi, lo, hi, x0, boxsize, out, inde
             _fd4_plane(phi, lo, hi, m, c1, c2, g[m % 2])
         held = l + 1
         g0, g1 = g[l % 2], g[(l + 1) % 2]
-        for idx in range(first[l], first[l + 1]):
-            p = order[idx]
-            px, py, pz = _lattice_xyz(arr, p, nc, start, spacing, index)
-            ix, dx = _cell(px, scale, n)
-            iy, dy = _cell(py, scale, n)
-            iz, dz = _cell(pz, scale, n)
-            if ix - x0 != l:
+        for b0 in range(first[l], first[l + 1], BLOCK):
+            cnt = min(BLOCK, first[l + 1] - b0)
+            _block_positions(arr, nc, start, spacing, index, order, b0, cnt, shift, pos)
+            for d in range(3):
+                _block_cells(pos, d, scale, n, cnt, ci, cd)
+            wrong = 0
+            for b in range(cnt):
+                wrong += ci[0, b] - x0 != l
+            if wrong:
                 return False
-            jy = iy + 1 if iy + 1 < n else 0
-            jz = iz + 1 if iz + 1 < n else 0
-            wx0 = 1.0 - dx
-            wy0 = 1.0 - dy
-            wz0 = 1.0 - dz
-            for c in range(3):
-                a = wy0 * (wz0 * g0[c, iy, iz] + dz * g0[c, iy, jz]) + dy * (wz0 * g0[c, jy, iz] + dz * g0[c, jy, jz])
-                b = wy0 * (wz0 * g1[c, iy, iz] + dz * g1[c, iy, jz]) + dy * (wz0 * g1[c, jy, iz] + dz * g1[c, jy, jz])
-                out[p, c] = wx0 * a + dx * b
+            for b in range(cnt):
+                p = order[b0 + b]
+                dx, dy, dz = cd[0, b], cd[1, b], cd[2, b]
+                iy, iz = np.uint64(ci[1, b]), np.uint64(ci[2, b])
+                jy = iy + one if iy + one < nu else zero
+                jz = iz + one if iz + one < nu else zero
+                wx0 = 1.0 - dx
+                wy0 = 1.0 - dy
+                wz0 = 1.0 - dz
+                for c in range(3):
+                    a = wy0 * (wz0 * g0[c, iy, iz] + dz * g0[c, iy, jz]) + dy * (wz0 * g0[c, jy, iz] + dz * g0[c, jy, jz])
+                    b1 = wy0 * (wz0 * g1[c, iy, iz] + dz * g1[c, iy, jz]) + dy * (wz0 * g1[c, jy, iz] + dz * g1[c, jy, jz])
+                    out[p, c] = wx0 * a + dx * b1
     return True
 
 
