@@ -126,9 +126,9 @@ def outside_training(setup, attrs):
         pass
     if "a_final" in attrs and differs(attrs["a_final"], setup["a_final"]):
         lines.append(f"a_final {float(attrs['a_final']):g}, trained on {float(setup['a_final']):g}")
-    trained_all = [c for c in (setup.get("cosmologies") or []) if isinstance(c, dict)] or [setup.get("cosmology") or {}]
-    for key in sorted(trained_all[0]):
-        values = [c.get(key) for c in trained_all]
+    trained = [c for c in (setup.get("cosmologies") or []) if isinstance(c, dict)] or [setup.get("cosmology") or {}]
+    for key in sorted(trained[0]):
+        values = [c.get(key) for c in trained]
         if key == "n_sims" or key not in attrs or not all(isinstance(v, (int, float)) for v in values):
             continue
         try:
@@ -136,12 +136,9 @@ def outside_training(setup, attrs):
         except (TypeError, ValueError):
             continue
         lo, hi = float(min(values)), float(max(values))
-        if given != given:
-            continue
-        if lo == hi and differs(given, lo):
-            lines.append(f"{key} {given:g}, trained on {lo:g}")
-        elif lo != hi and ((given < lo and differs(given, lo)) or (given > hi and differs(given, hi))):
-            lines.append(f"{key} {given:g}, trained on {lo:g} to {hi:g}")
+        if (given < lo and differs(given, lo)) or (given > hi and differs(given, hi)):     # NaN: neither
+            span = f"{lo:g}" if lo == hi else f"{lo:g} to {hi:g}"
+            lines.append(f"{key} {given:g}, trained on {span}")
     return lines
 
 

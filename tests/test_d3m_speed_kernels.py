@@ -88,14 +88,21 @@ def _cases(rng):
                     (disp[:0].copy(), nc, start, box / nc, 0, n, np.float32)]   # no particles
 
 
+def _mesh_and_order(rng, kernels, arr, nc, start, sp, x0, nx, dtype, n, box):
+    """A random potential slab with its halo planes (phi, lo, hi) and the particles' plane
+    order (order, first) from ``kernels.plane_order``."""
+    phi, lo, hi = (rng.standard_normal((m, n, n)).astype(dtype) for m in (nx, 2, 3))
+    order, first = np.empty(len(arr), np.int32), np.zeros(nx + 1, np.int64)
+    kernels.plane_order(arr, nc, start, sp, x0, nx, box, n, order, first)
+    return phi, lo, hi, order, first
+
+
 @pytest.mark.parametrize("kernels", [cic, numpy_kernels], ids=["numba", "numpy"])
 def test_plane_readout_equals_the_stencil_readout(kernels):
     rng = np.random.default_rng(18)
     n, box, cases = _cases(rng)
     for arr, nc, start, sp, x0, nx, dtype in cases:
-        phi, lo, hi = (rng.standard_normal((m, n, n)).astype(dtype) for m in (nx, 2, 3))
-        order, first = np.empty(len(arr), np.int32), np.zeros(nx + 1, np.int64)
-        kernels.plane_order(arr, nc, start, sp, x0, nx, box, n, order, first)
+        phi, lo, hi, order, first = _mesh_and_order(rng, kernels, arr, nc, start, sp, x0, nx, dtype, n, box)
         given = np.zeros((len(arr), 3), dtype)
         kernels.readout_fd4_gradient(arr, nc, start, sp, phi, lo, hi, x0, box, given, None, order, first,
                                      np.full((2, 3, n, n), np.nan))
@@ -117,9 +124,7 @@ def test_numba_and_numpy_plane_readouts_are_bitwise_equal():
     rng = np.random.default_rng(5)
     n, box, cases = _cases(rng)
     for arr, nc, start, sp, x0, nx, dtype in cases:
-        phi, lo, hi = (rng.standard_normal((m, n, n)).astype(dtype) for m in (nx, 2, 3))
-        order, first = np.empty(len(arr), np.int32), np.zeros(nx + 1, np.int64)
-        cic.plane_order(arr, nc, start, sp, x0, nx, box, n, order, first)
+        phi, lo, hi, order, first = _mesh_and_order(rng, cic, arr, nc, start, sp, x0, nx, dtype, n, box)
         results = []
         for kernels in (cic, numpy_kernels):
             out, grad = np.zeros((len(arr), 3), dtype), np.full((2, 3, n, n), -1.0)
