@@ -9,12 +9,17 @@ difference divided by the rank's particles. Also the process CPU time
 (``time.process_time``) of the measured simulation and its timer split. One JSON
 document on stdout (rank 0).
 
+``--write DIR`` measures the run-sim path instead: the fields written to ``DIR/sim.h5``
+as the simulation makes them (:func:`cosmonet.io.simwriter.run_to_file`), rank 0
+taking the other ranks' slabs, so the peak includes the writing.
+
 ``--torch-batch B`` measures the batched torch engine instead (CPU, one thread, D3M
 boxes): peak RSS of a B-box batch above a 1-box warm-up, per box, its CPU time per box
 and the MPI engine's on the same seeds (``--chunk C``: boxes per pass).
 
     python benchmarks/bench_memory.py --nc 128 --steps 2
     mpirun -np 2 python benchmarks/bench_memory.py --nc 256 --steps 1
+    python benchmarks/bench_memory.py --nc 128 --steps 2 --write /tmp
     python benchmarks/bench_memory.py --torch-batch 8
 """
 import argparse
@@ -45,6 +50,9 @@ def main(argv=None):
     p.add_argument("--boost", type=float, default=2.0, help="force mesh = boost * nc (default 2)")
     p.add_argument("--steps", type=int, default=2, help="FastPM steps (default 2; memory does not grow with steps)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--write", default=None, metavar="DIR",
+                   help="run-sim's way: write the fields to DIR/sim.h5 as they are made (the peak includes "
+                        "the writing; the file is removed after)")
     p.add_argument("--torch-batch", type=int, default=0, metavar="B",
                    help="instead: the torch engine on the CPU, B boxes of nc 32 (D3M, 10 steps), "
                         "peak RSS above a 1-box warm-up, per box")
@@ -67,13 +75,23 @@ def main(argv=None):
     timers = Timers()
     comm.Barrier()
     t0, c0 = time.perf_counter(), time.process_time()
-    res = run_simulation(cfg, comm, timers=timers)
+    if args.write is None:
+        res = run_simulation(cfg, comm, timers=timers)
+    else:
+        import os
+        from cosmonet.io.simwriter import run_to_file
+        path = os.path.join(args.write, f"bench_memory_{os.getpid() if comm.rank == 0 else 0}.h5")
+        path = comm.bcast(path, root=0)
+        res = run_to_file(path, cfg, comm, timers=timers)
     cpu, wall = time.process_time() - c0, time.perf_counter() - t0
     peak = maxrss_bytes()
-    n_local = int(np.prod(res.fields["fastpm/disp"].shape[1:]))
+    if args.write is not None and comm.rank == 0:
+        os.unlink(path)
+    n_local = int(np.prod(res.pm.real_shape))
     per_particle = (peak - base) / n_local
     out = {
         "nc": args.nc, "box": box, "boost": args.boost, "steps": args.steps, "ranks": comm.size,
+        "fields": "kept in memory" if args.write is None else "written as made (run-sim)",
         "force_nmesh": cfg.force_nmesh,
         "import_baseline_mib_max_rank": comm.allreduce(base / 2 ** 20, op=MPI.MAX),
         "peak_rss_mib_max_rank": comm.allreduce(peak / 2 ** 20, op=MPI.MAX),

@@ -173,9 +173,10 @@ def _open_linear_field(path, nc, check_values=True):
 def cmd_run_sim(args):
     from .cosmology import Cosmology
     from .io.simfile import write_simulation
-    from .sim.simulation import SimConfig, run_simulation
+    from .io.simwriter import MESSAGE_BYTES, run_to_file
+    from .sim.simulation import SimConfig
 
-    from .resources import BASE, check_node_memory, gather_bytes, simulation_bytes
+    from .resources import BASE, check_node_memory, simulation_bytes
 
     comm = _comm()
     _check_run_sim_options(args)
@@ -198,11 +199,11 @@ def cmd_run_sim(args):
     if args.linear_field is not None:
         _collective_check(comm, lambda: _open_linear_field(args.linear_field, cfg.nc))
         linear_field = _open_linear_field(args.linear_field, cfg.nc, check_values=False)
-    # each output before a_final holds 6 float32 vector fields (72 bytes a particle) until written
-    earlier = len(cfg.outputs) - 1
-    check_node_memory(comm, BASE + (simulation_bytes(cfg.nc, cfg.force_nmesh) + earlier * 72 * cfg.nc ** 3) // comm.size,
-                      gather_bytes(cfg.nc) * (1 + earlier), f"run-sim --nc {cfg.nc} (force mesh {cfg.force_nmesh}^3"
-                      + (f", {earlier + 1} outputs)" if earlier else ")"))
+    # the MPI engine writes each field as it is made (rank 0 takes one message at a time);
+    # the torch engine keeps its one box's fields until the end
+    streamed = args.engine == "mpi"
+    check_node_memory(comm, BASE + simulation_bytes(cfg.nc, cfg.force_nmesh, streamed=streamed) // comm.size,
+                      MESSAGE_BYTES, f"run-sim --nc {cfg.nc} (force mesh {cfg.force_nmesh}^3)")
     if linear_field is None:            # the seeded field's rms on the grid (cosmonet/sim/sanity.py)
         holder = {}
         _collective_check(comm, lambda: holder.update(warning=_grid_sigma_warning(cfg)))
@@ -215,13 +216,14 @@ def cmd_run_sim(args):
             _say(comm, f"run-sim: step {step}/{cfg.steps}  a = {a:.4f}  "
                        f"({time.perf_counter() - t0:.1f} s)")
 
-    if args.engine == "torch":
-        result = _run_sim_torch(cfg, comm, args, linear_field)
-    else:
-        result = run_simulation(cfg, comm, linear_field=linear_field, progress=progress)
     extra = {"linear_field": os.path.abspath(args.linear_field) if args.linear_field else "",
              "n_ranks": comm.size, "engine": args.engine}
-    write_simulation(args.out, result, extra_attrs=extra)
+    if args.engine == "torch":
+        result = _run_sim_torch(cfg, comm, args, linear_field)
+        write_simulation(args.out, result, extra_attrs=extra)
+    else:                   # each field is written as soon as it is made (cosmonet/io/simwriter.py)
+        result = run_to_file(args.out, cfg, comm, extra_attrs=extra, linear_field=linear_field,
+                             progress=progress)
     wall = time.perf_counter() - t0
     if comm.rank == 0:
         print(json.dumps({"out": args.out, "nc": cfg.nc, "box": cfg.box, "steps": cfg.steps,

@@ -5,14 +5,21 @@ A size that cannot fit is refused with one line naming both numbers, e.g.
 20.8 GiB available``,
 instead of dying in numpy after minutes (or being killed by the out-of-memory killer).
 
-The estimates are measured, not derived (``/usr/bin/time -v`` maximum resident size,
-one rank, float32 force mesh, 2 FastPM steps, 2026-11-30):
+The estimates are measured, not derived (peak resident size above the imports,
+``benchmarks/bench_memory.py``, docs/benchmarks.md, 2026-12-04):
 
 - a simulation: ``BASE`` (the interpreter, numpy, MPI, FFTW, pyccl: 0.5 GiB per process)
-  plus ``PER_PARTICLE`` bytes per particle (float64 LPT mesh fields, positions, momenta,
-  the six float32 output fields) plus ``PER_FORCE_CELL`` bytes per force-mesh cell
-  (nc = 32, 64, 96 with boost 2 gave 0.51, 0.67, 1.12 GB: 750 B per particle);
-- the gather of the full fields on rank 0: ``GATHER_PER_PARTICLE`` bytes per particle;
+  plus the larger of its two phases (:func:`simulation_bytes`). The LPT phase holds the two
+  float64 displacement meshes, delta(k), the LPT mesh's FFT buffers, the N-body state and
+  the field being made (``LPT_PER_PARTICLE``); the N-body steps the state, the forces and
+  the routed particles (``NBODY_PER_PARTICLE``) and the force mesh (``PER_FORCE_CELL`` per
+  cell). A run that keeps its six output fields in memory (campaigns) holds 48 more bytes a
+  particle in the LPT phase and 88 more in the N-body steps (the fields and the cached LPT
+  mesh). Measured at boost 2: 173 B/particle kept, 110 written as made (``run-sim``), one
+  rank; 191 and 126 per rank on 2 ranks; at boost 1: 141 and 97;
+- the gather of a campaign simulation's full fields on its first rank:
+  ``GATHER_PER_PARTICLE`` bytes per particle (``run-sim`` gathers nothing: its rank 0
+  takes one message of at most 64 MiB at a time, :mod:`cosmonet.io.simwriter`);
 - ``cosmonet emulate``: four float32 copies of the 3-channel field (``FIELD_COPIES_PER_CELL``)
   and the network's own need, estimated on the meta device for the exact tile, margin and
   batch (:func:`cosmonet.emulate.memory_need`, :mod:`cosmonet.models.memory`); networks in
@@ -29,8 +36,10 @@ import shutil
 from .errors import InputError
 
 BASE = 512 * 2 ** 20
-PER_PARTICLE = 400
-PER_FORCE_CELL = 48
+LPT_PER_PARTICLE = 120
+NBODY_PER_PARTICLE = 70
+PER_FORCE_CELL = 9
+KEPT_FIELDS_LPT, KEPT_FIELDS_NBODY = 48, 88
 GATHER_PER_PARTICLE = 2 * 6 * 3 * 4
 FIELD_COPIES_PER_CELL = 4 * 3 * 4
 
@@ -106,9 +115,14 @@ def cgroup_headroom(root="/sys/fs/cgroup"):
     return None
 
 
-def simulation_bytes(nc, force_nmesh):
-    """Memory of one simulation summed over the ranks that run it, without ``BASE``."""
-    return int(nc) ** 3 * PER_PARTICLE + int(force_nmesh) ** 3 * PER_FORCE_CELL
+def simulation_bytes(nc, force_nmesh, streamed=False):
+    """Memory of one simulation summed over the ranks that run it, without ``BASE``:
+    the larger of its LPT phase and its N-body steps. ``streamed``: its fields are written
+    as they are made (``run-sim``), not kept until the end."""
+    n = int(nc) ** 3
+    lpt = n * (LPT_PER_PARTICLE + (0 if streamed else KEPT_FIELDS_LPT))
+    nbody = n * (NBODY_PER_PARTICLE + (0 if streamed else KEPT_FIELDS_NBODY)) + int(force_nmesh) ** 3 * PER_FORCE_CELL
+    return max(lpt, nbody)
 
 
 def gather_bytes(nc, density_nmesh=0):

@@ -51,10 +51,14 @@ def test_real_space_fd4_on_thin_slabs_equals_one_rank_kspace(tmp_path):
     np.testing.assert_allclose(r["kspace_ranks"], r["kspace"], rtol=0, atol=1e-12 * np.abs(r["kspace"]).max())
 
 
-def test_simulation_state_and_traced_peak_per_particle():
-    """nc 32, boost 2 (64^3 force mesh), all six output fields: the traced (numpy)
-    allocation peak of a fresh simulation, FFT buffers included, is under 200 bytes per
-    particle (measured 175; 170 in the N-body steps); the N-body state is two float32 (n, 3) arrays."""
+@pytest.mark.parametrize("streamed", [False, True])
+def test_simulation_state_and_traced_peak_per_particle(streamed, tmp_path):
+    """nc 32, boost 2 (64^3 force mesh): the traced (numpy) allocation peak of a fresh
+    simulation, FFT buffers included, per particle: under 200 bytes with all six output
+    fields kept (measured 175; 170 in the N-body steps), under 120 when run-sim writes each
+    field as it is made and frees the LPT mesh (measured 110); the N-body state is two
+    float32 (n, 3) arrays."""
+    from cosmonet.io.simwriter import run_to_file
     from cosmonet.sim import fastpm
     seen = {}
     real_run = fastpm.run_fastpm
@@ -70,16 +74,23 @@ def test_simulation_state_and_traced_peak_per_particle():
     simulation.run_fastpm = spy
     tracemalloc.start()
     try:
-        res = run_simulation(cfg, COMM)
+        if streamed:
+            res = run_to_file(str(tmp_path / "sim.h5"), cfg, COMM)
+        else:
+            res = run_simulation(cfg, COMM)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
         simulation.run_fastpm = real_run
         clear_mesh_cache(COMM)
     assert seen == {"disp": np.float32, "mom": np.float32}
-    assert len(res.fields) == 6
+    assert len(res.fields) == (0 if streamed else 6)
     per_particle = peak / cfg.nc ** 3
-    assert 60 < per_particle < 200, per_particle
+    assert 60 < per_particle < (120 if streamed else 200), per_particle
+    # run-sim's and simulate's memory check (cosmonet/resources.py) covers it, within 1.5x
+    from cosmonet.resources import simulation_bytes
+    estimate = simulation_bytes(cfg.nc, cfg.force_nmesh, streamed=streamed) / cfg.nc ** 3
+    assert per_particle < estimate < 1.5 * per_particle, (estimate, per_particle)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e30, -1e30, 9.3e18])

@@ -19,37 +19,19 @@ import os
 import h5py
 import numpy as np
 
-from .. import __version__
 from ..errors import InputError
 from . import schema
 from .atomic import atomic_path
 
-FIELD_UNITS = {"disp": "Mpc/h", "vel": "km/s"}
-
 
 def write_simulation(path, result, extra_attrs=None):
-    """Gather ``result`` (a :class:`~cosmonet.sim.simulation.SimResult`) and write it on rank 0.
-
-    Collective over the result's communicator. The file appears under ``path`` only once
-    complete.
+    """Write ``result`` (a :class:`~cosmonet.sim.simulation.SimResult`) to ``path``, rank 0
+    taking the other ranks' slabs one message at a time
+    (:func:`cosmonet.io.simwriter.write_result`). Collective over the result's communicator.
+    The file appears under ``path`` only once complete.
     """
-    from ..sim.simulation import gather_fields
-    pm = result.pm
-    full = gather_fields(result)
-    if pm.comm.rank == 0:
-        attrs = dict(result.config.attrs())
-        attrs["code_version"] = __version__
-        attrs.update(extra_attrs or {})
-        with atomic_path(path) as tmp:
-            with h5py.File(tmp, "w") as f:
-                for k, v in attrs.items():
-                    f.attrs[k] = "" if v is None else v
-                for name, arr in full.items():
-                    ds = f.create_dataset(name, data=arr)
-                    ds.attrs["units"] = FIELD_UNITS[name.split("/")[-1]]
-                for a in result.config.save_a[:-1]:
-                    f.require_group(schema.output_group(a)).attrs["a"] = float(a)
-    pm.comm.Barrier()
+    from .simwriter import write_result
+    write_result(path, result, extra_attrs)
 
 
 def plain_attrs(attrs):

@@ -74,6 +74,14 @@ class SlabFFT:
             self.forward = self._slab.forward
             self.backward = self._slab.backward
 
+    def free(self):
+        """Drop the plans and buffers now; the object cannot transform afterwards. (Its
+        bound methods ``forward``/``backward`` make a reference cycle, so without this the
+        buffers would wait for the cyclic garbage collector.)"""
+        if hasattr(self, "_slab"):
+            self._slab.free()
+        self.__dict__.clear()
+
     def _numpy_transforms(self, N):
         """One rank without mpi4py-fft (an install without the [mpi] extra): numpy's FFT on
         plain buffers, the same transforms and normalisation (equal to FFTW's to rounding)."""
@@ -133,6 +141,14 @@ def slab_fft(comm, N, dtype):
     if key not in _CACHE:
         _CACHE[key] = SlabFFT(comm, N, dtype)
     return _CACHE[key]
+
+
+def release_plan(comm, N, dtype):
+    """Forget the cached :class:`SlabFFT` of (comm, N, dtype) and free its buffers: no mesh
+    may use it afterwards (:func:`cosmonet.mesh.pm.release_mesh`)."""
+    plan = _CACHE.pop(_key(comm, N, dtype), None)
+    if plan is not None:
+        plan.free()
 
 
 def clear_cache(comm=None):

@@ -389,6 +389,22 @@ def get_mesh(Nmesh, BoxSize, comm, dtype=np.float32, timers=None):
     return pm
 
 
+def release_mesh(pm):
+    """Free ``pm``'s FFT plan, buffers and cached arrays, and forget it in the mesh cache:
+    for a mesh that a one-off run is done with (run-sim's LPT mesh, before the N-body
+    steps: 16 bytes a particle in float64). ``pm`` keeps its geometry (``x0``,
+    ``real_shape``, ``k``) but cannot transform or paint any more; :func:`get_mesh` makes
+    a fresh one."""
+    from .fft import release_plan
+    for key, cached in list(_MESHES.items()):
+        if cached is pm:
+            del _MESHES[key]
+    release_plan(pm.comm, pm.Nmesh, pm.dtype)
+    pm.fft = None
+    pm.cache = {}
+    pm._paint_buffer = None
+
+
 def clear_mesh_cache(comm=None):
     """Forget cached meshes and FFT plans (of ``comm`` only, when given); call before
     freeing a communicator."""

@@ -12,6 +12,7 @@ from ..cosmology import Cosmology, growth_for
 from ..errors import InputError
 from ..io.schema import output_group
 from ..mesh import ParticleMesh, get_mesh
+from ..mesh.pm import release_mesh
 from ..timing import Timers
 from .fastpm import GravitySolver, ParticleState, run_fastpm
 from .linear import linear_density_from_field, linear_density_k
@@ -153,7 +154,7 @@ def minimum_image(disp, boxsize):
     return np.mod(disp + 0.5 * boxsize, boxsize) - 0.5 * boxsize
 
 
-def run_simulation(cfg, comm, linear_field=None, timers=None, progress=None, fields=None):
+def run_simulation(cfg, comm, linear_field=None, timers=None, progress=None, fields=None, sink=None):
     """Run ZA, 2LPT and FastPM for ``cfg`` on ``comm``; returns a :class:`SimResult`.
 
     With several outputs (``cfg.save_a``) the fields of each output a before a_final
@@ -161,6 +162,12 @@ def run_simulation(cfg, comm, linear_field=None, timers=None, progress=None, fie
     a_final ``NAME/disp`` as with one output.
     ``linear_field``: the real-space delta_lin at a = 1, an (nc, nc, nc) array (each rank
     reads its slab; a memory-mapped ``.npy`` works), replacing the Gaussian field from ``cfg.seed``. ``progress(step, a)`` is called on every rank.
+    ``sink(name, local, x0)``: when given, each field goes there as soon as it is made (the
+    ZA and 2LPT fields before the N-body steps) and is not kept, so the result's ``fields``
+    is empty (:class:`cosmonet.io.simwriter.SimFileWriter` writes them to a file), and the
+    LPT mesh's FFT buffers are freed before the N-body steps (a one-off run). Called
+    on every rank in the same order; timed as "write" (for the ZA and 2LPT fields, inside
+    "lpt").
     """
     timers = Timers() if timers is None else timers
     cosmo = cfg.cosmology
@@ -168,7 +175,7 @@ def run_simulation(cfg, comm, linear_field=None, timers=None, progress=None, fie
     with timers("setup"):
         growth = growth_for(cosmo)
     keep = (lambda name: True) if fields is None else (lambda name: name in fields)
-    out = {}
+    out = _FieldSink(sink, pm.x0, timers)
     af, a0 = cfg.a_final, cfg.a_start
     with timers("lpt"):
         if linear_field is not None:
@@ -188,8 +195,8 @@ def run_simulation(cfg, comm, linear_field=None, timers=None, progress=None, fie
             for name, c1, c2, box in (("za/disp", D1, None, cfg.box), ("za/vel", p1, None, m),
                                       ("lpt2/disp", D1, D2, cfg.box), ("lpt2/vel", p1, p2, m)):
                 if keep(name):
-                    out[prefix + name] = _per_component(psi1, psi2, c1, c2, box if name.endswith("disp") else None,
-                                                        None if name.endswith("disp") else box)
+                    out.put(prefix + name, _per_component(psi1, psi2, c1, c2, box if name.endswith("disp") else None,
+                                                        None if name.endswith("disp") else box))
         n = psi1[0].size
         m0 = a0 ** 2 * cosmo.E(a0)
         state = ParticleState(
@@ -198,18 +205,37 @@ def run_simulation(cfg, comm, linear_field=None, timers=None, progress=None, fie
                                None, m0, particles=n),
             a=a0, lattice=(cfg.nc, pm.x0 * cfg.nc * cfg.nc, float(cfg.box)))
         del psi1, psi2                           # the LPT meshes are freed before the N-body steps
+    if sink is not None:                     # a one-off run: no next simulation reuses the LPT mesh
+        release_mesh(pm)
     pm_force = get_mesh(cfg.force_nmesh, cfg.box, comm, dtype=np.float32, timers=timers)
     solver = GravitySolver(pm_force, cfg.nc ** 3)
 
     def snapshot(a, state=state):      # an output before a_final: copies, the state runs on
-        out.update((output_group(a) + "/" + name, arr)
-                   for name, arr in _fastpm_fields(state, pm, cfg.box, a, keep, copy=True))
+        for name, arr in _fastpm_fields(state, pm, cfg.box, a, keep, copy=True):
+            out.put(output_group(a) + "/" + name, arr)
 
     run_fastpm(state, solver, growth, cosmo.Omega_m, af, cfg.steps, progress=progress, outputs=cfg.outputs,
                on_output=snapshot)
-    out.update(_fastpm_fields(state, pm, cfg.box, af, keep, copy=False))
+    for name, arr in _fastpm_fields(state, pm, cfg.box, af, keep, copy=False):
+        out.put(name, arr)
+        del arr
     del state, snapshot
-    return SimResult(fields=out, pm=pm, config=cfg, timers=timers)
+    return SimResult(fields=out.kept, pm=pm, config=cfg, timers=timers)
+
+
+class _FieldSink:
+    """Where run_simulation's fields go: kept in ``kept``, or handed to ``sink(name, local,
+    x0)`` (timed as "write") and dropped."""
+
+    def __init__(self, sink, x0, timers):
+        self.sink, self.x0, self.timers, self.kept = sink, x0, timers, {}
+
+    def put(self, name, arr):
+        if self.sink is None:
+            self.kept[name] = arr
+        else:
+            with self.timers("write"):
+                self.sink(name, arr, self.x0)
 
 
 def _fastpm_fields(state, pm, box, a, keep, copy):
