@@ -383,8 +383,9 @@ def _campaign_resources(cfg, comm):
                           f"simulate: batch_size {cfg.batch_size} boxes of nc {cfg.nc} (force mesh {force}^3) "
                           f"per rank on {'the host' if on_host else 'the host side of the GPU engine'}")
     else:
-        per_rank = BASE + simulation_bytes(cfg.nc, force) // rps + (gather_bytes(cfg.nc, cfg.density_nmesh)
-                                                                    if leader else 0)
+        earlier = max(len(cfg.save_a) - 1, 0)     # outputs before a_final, kept until the shard is written
+        per_rank = BASE + simulation_bytes(cfg.nc, force, earlier_outputs=earlier) // rps + \
+            ((1 + earlier) * gather_bytes(cfg.nc, cfg.density_nmesh) if leader else 0)
         check_node_memory(comm, per_rank, 0, f"simulate: nc {cfg.nc} (force mesh {force}^3, {rps} rank(s) "
                                              f"per simulation)")
 

@@ -115,13 +115,15 @@ def cgroup_headroom(root="/sys/fs/cgroup"):
     return None
 
 
-def simulation_bytes(nc, force_nmesh, streamed=False):
+def simulation_bytes(nc, force_nmesh, streamed=False, earlier_outputs=0):
     """Memory of one simulation summed over the ranks that run it, without ``BASE``:
     the larger of its LPT phase and its N-body steps. ``streamed``: its fields are written
-    as they are made (``run-sim``), not kept until the end."""
+    as they are made (``run-sim``), not kept until the end; else each of
+    ``earlier_outputs`` (``save_a`` before a_final) holds six more fields (72 B a particle)."""
     n = int(nc) ** 3
+    kept = 0 if streamed else KEPT_FIELDS_NBODY + 72 * int(earlier_outputs)
     lpt = n * (LPT_PER_PARTICLE + (0 if streamed else KEPT_FIELDS_LPT))
-    nbody = n * (NBODY_PER_PARTICLE + (0 if streamed else KEPT_FIELDS_NBODY)) + int(force_nmesh) ** 3 * PER_FORCE_CELL
+    nbody = n * (NBODY_PER_PARTICLE + kept) + int(force_nmesh) ** 3 * PER_FORCE_CELL
     return max(lpt, nbody)
 
 
