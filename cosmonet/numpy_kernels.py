@@ -268,6 +268,13 @@ def kick_mom(mom, coef, force):
     _update(mom, coef, force)
 
 
+def kick_mom_at(mom, idx, coef, force):
+    """fastpm.kick_mom_at: mom[idx] += coef * force in place (float64 arithmetic)."""
+    for s in _chunks(len(idx)):
+        p = idx[s]
+        mom[p] = np.asarray(mom[p], dtype=np.float64) + coef * np.asarray(force[s], dtype=np.float64)
+
+
 def scale_by_inverse_k2(c, kx, ky, kz, factor):
     """fastpm.scale_by_inverse_k2: c *= factor / k^2 in place, 0 where k^2 = 0; |k|^2
     summed as the kernel does, ((kx^2 + ky^2) + kz^2), from the 1-D components (h/Mpc)."""
@@ -310,6 +317,7 @@ KERNELS = {
     ("cosmonet.mesh.layout", "_counting_order"): counting_order,
     ("cosmonet.sim.fastpm", "drift_disp"): drift_disp,
     ("cosmonet.sim.fastpm", "kick_mom"): kick_mom,
+    ("cosmonet.sim.fastpm", "kick_mom_at"): kick_mom_at,
     ("cosmonet.sim.fastpm", "scale_by_inverse_k2"): scale_by_inverse_k2,
     ("cosmonet.sim.lpt", "combine_into"): combine_into,
 }

@@ -172,6 +172,9 @@ def test_two_ranks_equal_one_rank(tmp_path):
         one, two = r[f"one_{n}"], r[f"two_{n}"]
         assert np.abs(one).max() > 0.1
         assert np.abs(two - one).max() <= 1e-6 * np.abs(one).max(), n
+        # kick_state (forces over the routed rows, kicking as they come home) = force + kick
+        assert r[f"fused_{n}"].dtype == np.float32 and np.abs(r[f"fused_{n}"]).max() > 1.0
+        assert r[f"fused_{n}"].tobytes() == r[f"apart_{n}"].tobytes(), n
 
 
 @pytest.mark.parametrize("box", [128.0, 100.0, 1e-3, -128.0, 0.0])

@@ -223,6 +223,8 @@ def test_numpy_kernels_equal_the_numba_kernels():
     force = rng.standard_normal((500, 3))
     both(fastpm, "drift_disp", lambda g: (g(d32), mom, 0.7123))
     both(fastpm, "kick_mom", lambda g: (g(mom), 1.5 * 0.31 * 0.4567, force))
+    some = rng.permutation(500)[:200].astype(np.int32)     # a round of forces coming home
+    both(fastpm, "kick_mom_at", lambda g: (g(mom), some, 1.5 * 0.31 * 0.4567, force[:200].astype(np.float32)))
     k = [np.fft.fftfreq(8, 0.5) * 2 * np.pi, np.fft.fftfreq(8, 0.5) * 2 * np.pi, np.fft.rfftfreq(8, 0.5) * 2 * np.pi]
     for ctype in (np.complex64, np.complex128):
         c = (rng.standard_normal((8, 8, 5)) + 1j * rng.standard_normal((8, 8, 5))).astype(ctype)

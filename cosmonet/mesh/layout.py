@@ -37,6 +37,7 @@ class Layout:
         self.comm = comm
         self.n_local = len(dest)
         self.routed = None   # (positions, their owner-side copy), kept by ParticleMesh.paint
+        self.rows = None     # the owner-side (n, 4) rows of ParticleMesh.route_lattice's lean path
         if comm.size == 1:
             self.order = None
             return
@@ -108,25 +109,42 @@ class Layout:
         out = self.route(lambda idx: flat[idx], flat.shape[1], data.dtype)
         return out.reshape((len(out),) + data.shape[1:])
 
-    def gather(self, data):
+    def gather(self, data, columns=None, into=None):
         """Return owner-side ``data`` to the particles' home ranks, in original order
-        (in rounds of at most ``CHUNK`` rows: no full-size receive copy). Collective."""
+        (in rounds of at most ``CHUNK`` rows: no full-size receive copy). Collective.
+
+        ``columns``: send only the first ``columns`` columns of the (n, w) ``data`` (an MPI
+        datatype skips the rest; no copy). ``into(idx, rows)``: instead of building the
+        home-side array, hand each round's received rows, those of local particles ``idx``,
+        to ``into``, and return None (no full-size home-side array either)."""
         if self.order is None:
-            return data
+            if into is not None:
+                into(np.arange(self.n_local), data[:, :columns] if columns else data)
+                return None
+            return data if columns is None else data[:, :columns]
         data = np.ascontiguousarray(data)
         flat = data.reshape(len(data), int(np.prod(data.shape[1:], dtype=np.int64)))
-        width = flat.shape[1]
-        out = np.empty((self.n_local, width), data.dtype)
+        width = flat.shape[1] if columns is None else int(columns)
+        out = None if into is not None else np.empty((self.n_local, width), data.dtype)
         row = MPI.BYTE.Create_contiguous(width * data.itemsize).Commit()
+        send_row = row if width == flat.shape[1] else \
+            MPI.BYTE.Create_contiguous(width * data.itemsize).Create_resized(0, flat.shape[1] * data.itemsize).Commit()
         try:
             rounds = self._rounds()
             for t in range(rounds):
                 idx, sc, rc, rd = self._round(t, rounds)   # the exchange's round, reversed
                 buf = np.empty((len(idx), width), data.dtype)
                 bd = np.concatenate([[0], np.cumsum(sc)[:-1]])
-                self.comm.Alltoallv([flat, (rc.tolist(), rd.tolist()), row],
+                self.comm.Alltoallv([flat, (rc.tolist(), rd.tolist()), send_row],
                                     [buf, (sc.tolist(), bd.tolist()), row])
-                out[idx] = buf
+                if into is None:
+                    out[idx] = buf
+                else:
+                    into(idx, buf)
         finally:
+            if send_row is not row:
+                send_row.Free()
             row.Free()
-        return out.reshape((self.n_local,) + data.shape[1:])
+        if into is not None:
+            return None
+        return out if columns is not None else out.reshape((self.n_local,) + data.shape[1:])

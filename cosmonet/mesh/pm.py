@@ -193,8 +193,8 @@ class ParticleMesh:
         :meth:`decompose` and ``layout.exchange`` would give: by default ``arr`` their
         float32 displacements (n_owned, 3) and ``index`` their int32 global lattice indices
         (n_owned,) -- 16 bytes a particle, for the kernels' ``lattice=(nc, 0)`` with
-        ``index`` (views into one received array); with ``absolute=True``, or when
-        ``nc^3`` exceeds int32, ``arr`` the float64 positions (n_owned, 3) Mpc/h and
+        ``index`` (views into one received (n_owned, 4) array, also ``layout.rows``);
+        with ``absolute=True``, or when ``nc^3`` exceeds int32, ``arr`` the float64 positions (n_owned, 3) Mpc/h and
         ``index`` None. Either way the kernels form the same float64 sums as
         :func:`cic.lattice_positions`, so the same bits.
 
@@ -229,8 +229,8 @@ class ParticleMesh:
                 rows.view(np.int32)[:, 3] = idx + start
                 return rows
 
-            routed = layout.route(lean, 4, np.float32)
-            return layout, routed[:, :3], routed.view(np.int32)[:, 3]
+            layout.rows = layout.route(lean, 4, np.float32)
+            return layout, layout.rows[:, :3], layout.rows.view(np.int32)[:, 3]
 
         def positions(idx):                     # float64 positions of local particles idx
             pos = np.empty((len(idx), 3), np.float64)
