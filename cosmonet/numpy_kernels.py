@@ -246,9 +246,16 @@ def owner_plane(pos_x, boxsize, n_mesh, out):
 
 
 # --------------------------------------------------------------------------- layout
-def counting_order(dest, n_ranks):
-    """layout._counting_order: the stable permutation that groups particles by rank."""
-    return np.argsort(np.asarray(dest, dtype=np.int64), kind="stable")
+def counting_order(dest, n_ranks, order):
+    """layout._counting_order: the stable permutation that groups particles by rank, into
+    ``order``."""
+    order[:] = np.argsort(np.asarray(dest, dtype=np.int64), kind="stable")
+
+
+def lattice_rows(disp, idx, start, rows, index):
+    """layout.lattice_rows: rows[:, :3] = disp[idx], index = idx + start."""
+    rows[:, :3] = disp[idx]
+    index[:] = np.asarray(idx, dtype=np.int64) + start
 
 
 # --------------------------------------------------------------------------- fastpm
@@ -315,6 +322,7 @@ KERNELS = {
     ("cosmonet.mesh.cic", "readout_slab3"): readout_slab3,
     ("cosmonet.mesh.cic", "owner_plane"): owner_plane,
     ("cosmonet.mesh.layout", "_counting_order"): counting_order,
+    ("cosmonet.mesh.layout", "lattice_rows"): lattice_rows,
     ("cosmonet.sim.fastpm", "drift_disp"): drift_disp,
     ("cosmonet.sim.fastpm", "kick_mom"): kick_mom,
     ("cosmonet.sim.fastpm", "kick_mom_at"): kick_mom_at,

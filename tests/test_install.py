@@ -216,8 +216,11 @@ def test_numpy_kernels_equal_the_numba_kernels():
     both.raise_alike(cic, "readout_slab", lambda g: (outside, fields[0], ghosts[0], 3, box, np.zeros(5)))
 
     # particle routing and the FastPM updates (float32 state, float64 arithmetic)
-    for dest in (rng.integers(0, 4, 1000), np.zeros(0, np.int64)):
-        both(layout, "_counting_order", lambda g: (dest, 4))
+    for dest in (rng.integers(0, 4, 1000), rng.integers(0, 3, 700).astype(np.int32), np.zeros(0, np.int64)):
+        both(layout, "_counting_order", lambda g: (dest, 4, g(np.zeros(len(dest), np.int32))))
+    idx = rng.permutation(150)[:90].astype(np.int32)      # lean routed rows of a lattice rank's particles
+    both(layout, "lattice_rows", lambda g: (disp, idx, 17, g(np.zeros((90, 4), np.float32)),
+                                            g(np.zeros(90, np.int32))))
     mom = (rng.standard_normal((500, 3)) * 30).astype(np.float32)
     d32 = (rng.standard_normal((500, 3)) * 3).astype(np.float32)
     force = rng.standard_normal((500, 3))

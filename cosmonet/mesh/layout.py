@@ -10,18 +10,30 @@ from ..extras import MPI, numba   # optional: see cosmonet/extras.py
 
 
 @numba.njit(cache=True, nogil=True)
-def _counting_order(dest, n_ranks):
-    """Stable permutation that groups particles by destination rank (O(n), unlike argsort)."""
+def _counting_order(dest, n_ranks, order):
+    """Stable permutation that groups particles by destination rank (O(n), unlike argsort),
+    written into ``order`` (int32 below 2^31 particles, else int64)."""
     counts = np.zeros(n_ranks + 1, dtype=np.int64)
     for d in dest:
         counts[d + 1] += 1
     for r in range(n_ranks):
         counts[r + 1] += counts[r]
-    order = np.empty(dest.shape[0], dtype=np.int64)
     for i in range(dest.shape[0]):
         order[counts[dest[i]]] = i
         counts[dest[i]] += 1
-    return order
+
+
+@numba.njit(cache=True, nogil=True)
+def lattice_rows(disp, idx, start, rows, index):
+    """Rows of routed lattice particles ``idx``: ``rows[i, :3] = disp[idx[i]]`` (float32
+    displacements) and ``index[i] = idx[i] + start`` (their int32 global lattice index,
+    a view of the rows' 4th column): :meth:`ParticleMesh.route_lattice`'s lean rows."""
+    for i in range(idx.shape[0]):
+        p = idx[i]
+        rows[i, 0] = disp[p, 0]
+        rows[i, 1] = disp[p, 1]
+        rows[i, 2] = disp[p, 2]
+        index[i] = p + start
 
 
 #: particles (rows) per round of an exchange or gather: bounds the send/receive copies
@@ -41,11 +53,12 @@ class Layout:
         if comm.size == 1:
             self.order = None
             return
-        dest = np.asarray(dest, dtype=np.int64)
-        order = _counting_order(dest, comm.size)
+        dest = np.asarray(dest)
+        if dest.dtype not in (np.int32, np.int64):
+            dest = dest.astype(np.int64)
         # kept for the layout's life (paint to gather): int32 halves it (4 bytes a particle)
-        self.order = order.astype(np.int32) if len(order) < 2 ** 31 else order
-        del order
+        self.order = np.empty(len(dest), np.int32 if len(dest) < 2 ** 31 else np.int64)
+        _counting_order(dest, comm.size, self.order)
         self.send_counts = np.bincount(dest, minlength=comm.size).astype(np.int64)
         self.recv_counts = np.empty_like(self.send_counts)
         comm.Alltoall(self.send_counts, self.recv_counts)

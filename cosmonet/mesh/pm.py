@@ -13,7 +13,7 @@ from ..extras import MPI   # mpi4py, or one process without it
 from ..timing import Timers
 from . import cic
 from .fft import slab_fft
-from .layout import Layout
+from .layout import Layout, lattice_rows
 
 
 class ParticleMesh:
@@ -225,8 +225,7 @@ class ParticleMesh:
         if not absolute:
             def lean(idx):                      # 3 float32 displacements + the int32 index
                 rows = np.empty((len(idx), 4), np.float32)
-                rows[:, :3] = disp[idx]
-                rows.view(np.int32)[:, 3] = idx + start
+                lattice_rows(disp, idx, start, rows, rows.view(np.int32)[:, 3])
                 return rows
 
             layout.rows = layout.route(lean, 4, np.float32)
