@@ -190,9 +190,9 @@ def main(argv=None):
     p.add_argument("--bytes-per-particle-1rank", type=float, default=110.0,
                    help="peak RSS per particle, 1 rank, run-sim writing its fields as made "
                         "(bench_memory.py --write; default 110, measured 2026-12-04; 173 with the fields kept)")
-    p.add_argument("--bytes-per-particle-nrank", type=float, default=117.0,
-                   help="peak RSS per particle per rank on >1 rank (default 117, run-sim on 2 ranks "
-                        "at nc 256; 182 with the fields kept)")
+    p.add_argument("--bytes-per-particle-nrank", type=float, default=115.0,
+                   help="peak RSS per particle per rank on >1 rank (default 115, run-sim on 2 ranks "
+                        "at nc 256; 180 with the fields kept)")
     p.add_argument("--baseline-mib", type=float, default=210.0, help="RSS per rank after imports (default 210)")
     p.add_argument("--bandwidth-gbs", type=float, default=12.5,
                    help="injection bandwidth per node, GB/s (default 12.5: 100 Gb/s InfiniBand)")

@@ -16,7 +16,7 @@ The estimates are measured, not derived (peak resident size above the imports,
   cell). A run that keeps its six output fields in memory (campaigns) holds 48 more bytes a
   particle in the LPT phase and 88 more in the N-body steps (the fields and the cached LPT
   mesh). Measured at boost 2: 173 B/particle kept, 110 written as made (``run-sim``), one
-  rank; 182 and 117 per rank on 2 ranks; at boost 1: 141 and 97;
+  rank; 180 and 115 per rank on 2 ranks; at boost 1: 141 and 97;
 - the gather of a campaign simulation's full fields on its first rank:
   ``GATHER_PER_PARTICLE`` bytes per particle (``run-sim`` gathers nothing: its rank 0
   takes one message of at most 64 MiB at a time, :mod:`cosmonet.io.simwriter`);
