@@ -194,9 +194,9 @@ class ParticleMesh:
         float32 displacements (n_owned, 3) and ``index`` their int32 global lattice indices
         (n_owned,) -- 16 bytes a particle, for the kernels' ``lattice=(nc, 0)`` with
         ``index`` (views into one received (n_owned, 4) array, also ``layout.rows``);
-        with ``absolute=True``, or when ``nc^3`` exceeds int32, ``arr`` the float64 positions (n_owned, 3) Mpc/h and
-        ``index`` None. Either way the kernels form the same float64 sums as
-        :func:`cic.lattice_positions`, so the same bits.
+        with ``absolute=True``, or when ``nc^3`` exceeds int32, ``arr`` the float64
+        positions (n_owned, 3) Mpc/h and ``index`` None. Either way the kernels form the
+        same float64 sums as :func:`cic.lattice_positions`, so the same bits.
 
         The owner planes are found at most ``chunk`` (and a sixteenth of the) particles at
         a time, the rows are built in routing order one exchange round at a time

@@ -157,7 +157,7 @@ class GravitySolver:
         same bits as ``kick_mom(state.mom, coef, force_state(state))``. On several ranks
         the forces are read out over the routed displacements they come from and kick the
         momenta as they arrive home, so neither an owner-side nor a home-side force array
-        exists (24 bytes a particle less at the peak)."""
+        (12 bytes a particle each) exists."""
         mom = state.mom
 
         def kick_rows(idx, rows):
