@@ -32,8 +32,10 @@ P = R x nodes), force mesh M^3 (M = boost x nc), Np = nc^3 particles:
   2 messages per neighbour;
 * kick, drift, Python: ``--other-fraction`` of the compute time (measured on 1 rank).
 
-Slab decomposition: P may not exceed M (one mesh plane per rank at least); larger P is
-reported as infeasible, and the best feasible rank count per node is used instead.
+Slab decomposition: P may not exceed nc, the planes of the particle lattice (the LPT mesh,
+nc^3, is split in x-slabs like the force mesh, M = boost nc >= nc, and every rank needs a
+plane of each: run-sim refuses more ranks); larger P is reported as infeasible, and the
+best feasible rank count per node is used instead.
 
 Memory per node: R x (baseline + bytes/particle x Np / P); the per-particle figure on
 several ranks is the measured 2-rank one (our slab FFT: one real and one complex buffer).
@@ -133,7 +135,7 @@ def step_model(nc, boost, box, nodes, ranks_per_node, inp, net):
     bpp = inp["bytes_per_particle_1rank"] if p == 1 else inp["bytes_per_particle_nrank"]
     mem_node = ranks_per_node * (inp["baseline_mib"] * 2 ** 20 + bpp * n_p / p)
     return {
-        "nodes": nodes, "ranks": p, "force_nmesh": m, "feasible_slab": p <= m,
+        "nodes": nodes, "ranks": p, "force_nmesh": m, "feasible_slab": p <= min(m, nc),
         "seconds_per_step": total,
         "parts_s": {"fft": fft, "paint": paint, "readout": readout, "other_compute": other,
                     "fft_transposes": transpose, "halos": halo, "particle_routing": routing},
@@ -145,15 +147,15 @@ def step_model(nc, boost, box, nodes, ranks_per_node, inp, net):
 
 def predict(nc, boost, nodes_list, ranks_per_node, inp, net, box_per_nc):
     rows = []
-    m = int(round(boost * nc))
+    planes = min(int(round(boost * nc)), nc)
     for nodes in nodes_list:
         rpn = ranks_per_node
         row = step_model(nc, boost, box_per_nc * nc, nodes, rpn, inp, net)
-        if not row["feasible_slab"]:      # slab FFT: at most M ranks; use fewer per node
-            rpn = max(1, m // nodes)
+        if not row["feasible_slab"]:      # slabs: at most one lattice plane per rank; fewer per node
+            rpn = max(1, planes // nodes)
             row = dict(step_model(nc, boost, box_per_nc * nc, nodes, rpn, inp, net),
-                       note=f"{nodes * ranks_per_node} ranks exceed the {m} slab planes: "
-                            f"{rpn} rank(s) per node used")
+                       note=f"{nodes * ranks_per_node} ranks exceed the {planes} slab planes of the "
+                            f"particle lattice: {rpn} rank(s) per node used")
         row["ranks_per_node"] = rpn
         rows.append(row)
     return rows
