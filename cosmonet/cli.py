@@ -173,6 +173,7 @@ def _open_linear_field(path, nc, check_values=True):
 def cmd_run_sim(args):
     from .cosmology import Cosmology
     from .io.simfile import write_simulation
+    from .interrupts import group_stop, handling, signal_name
     from .io.simwriter import MESSAGE_BYTES, run_to_file
     from .sim.simulation import SimConfig
 
@@ -212,6 +213,10 @@ def cmd_run_sim(args):
     t0 = time.perf_counter()
 
     def progress(step, a):
+        signum = group_stop(comm)       # collective: every rank stops after the same step
+        if signum:
+            raise Interrupted(signum, f"run-sim stopped by {signal_name(signum)} after step {step}/{cfg.steps}: "
+                                      f"nothing written ({args.out} not created); rerun the same command")
         if not args.quiet:
             _say(comm, f"run-sim: step {step}/{cfg.steps}  a = {a:.4f}  "
                        f"({time.perf_counter() - t0:.1f} s)")
@@ -221,9 +226,13 @@ def cmd_run_sim(args):
     if args.engine == "torch":
         result = _run_sim_torch(cfg, comm, args, linear_field)
         write_simulation(args.out, result, extra_attrs=extra)
-    else:                   # each field is written as soon as it is made (cosmonet/io/simwriter.py)
-        result = run_to_file(args.out, cfg, comm, extra_attrs=extra, linear_field=linear_field,
-                             progress=progress)
+    else:
+        # each field is written as soon as it is made (cosmonet/io/simwriter.py), into a
+        # temporary file that a SIGINT/SIGTERM must not leave behind: the signal is noted
+        # and the run stops after the current step, removing it (interrupts.py)
+        with handling("flag"):
+            result = run_to_file(args.out, cfg, comm, extra_attrs=extra, linear_field=linear_field,
+                                 progress=progress)
     wall = time.perf_counter() - t0
     if comm.rank == 0:
         print(json.dumps({"out": args.out, "nc": cfg.nc, "box": cfg.box, "steps": cfg.steps,

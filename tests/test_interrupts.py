@@ -306,3 +306,23 @@ def test_evaluate_stopped_writes_nothing(world, tmp_path, monkeypatch, capsys):
                    f"the end); rerun the same command"]
     assert os.listdir(tmp_path) == []
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+# --------------------------------------------------------------------------- run-sim
+@pytest.mark.parametrize("ranks,sig", [(1, signal.SIGINT), (2, signal.SIGTERM)], ids=["SIGINT-1", "SIGTERM-mpirun-2"])
+def test_run_sim_stops_after_a_step_and_leaves_no_file(tmp_path, ranks, sig):
+    """run-sim writes its fields into a temporary file as it goes: a signal stops every rank
+    after the same step, with one line and 128 + the signal (mpirun: not 0), and neither
+    the file nor its temporary is left."""
+    out = tmp_path / "sim.h5"
+    cmd = [cosmonet_exe(), "run-sim", "--nc", 32, "--box", 128, "--steps", 400, "--out", out]
+    if ranks > 1:
+        cmd = [shutil.which("mpirun"), "-np", ranks, "--oversubscribe"] + cmd
+    proc = _interrupt(cmd, lambda err: any("run-sim: step 2/" in ln for ln in err), sig, read_stderr=True)
+    if ranks == 1:
+        assert proc.returncode == 128 + sig, describe(proc)
+    else:                                           # mpirun's own exit code
+        assert proc.returncode != 0, describe(proc)
+    line = _stopped_line(proc, signal.Signals(sig).name, "after step", "nothing written", "rerun the same command")
+    assert "/400" in line
+    assert os.listdir(tmp_path) == []
