@@ -195,8 +195,9 @@ def run_simulation(cfg, comm, linear_field=None, timers=None, progress=None, fie
             for name, c1, c2, box in (("za/disp", D1, None, cfg.box), ("za/vel", p1, None, m),
                                       ("lpt2/disp", D1, D2, cfg.box), ("lpt2/vel", p1, p2, m)):
                 if keep(name):
-                    out.put(prefix + name, _per_component(psi1, psi2, c1, c2, box if name.endswith("disp") else None,
-                                                        None if name.endswith("disp") else box))
+                    disp = name.endswith("disp")
+                    out.put(prefix + name, _per_component(psi1, psi2, c1, c2, box if disp else None,
+                                                          None if disp else box))
         n = psi1[0].size
         m0 = a0 ** 2 * cosmo.E(a0)
         state = ParticleState(
