@@ -24,6 +24,7 @@ and the MPI engine's on the same seeds (``--chunk C``: boxes per pass).
 """
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -78,7 +79,6 @@ def main(argv=None):
     if args.write is None:
         res = run_simulation(cfg, comm, timers=timers)
     else:
-        import os
         from cosmonet.io.simwriter import run_to_file
         path = os.path.join(args.write, f"bench_memory_{os.getpid() if comm.rank == 0 else 0}.h5")
         path = comm.bcast(path, root=0)

@@ -102,6 +102,12 @@ def nc128_inputs(doc):
     }
 
 
+def max_ranks(nc, boost):
+    """Most ranks of the slab decomposition: one plane each of the particle lattice (the
+    LPT mesh, nc^3) and of the force mesh (boost nc)^3."""
+    return min(int(round(boost * nc)), nc)
+
+
 def step_model(nc, boost, box, nodes, ranks_per_node, inp, net):
     """Seconds per step (one force) and its parts; bytes per node."""
     m = int(round(boost * nc))
@@ -135,7 +141,7 @@ def step_model(nc, boost, box, nodes, ranks_per_node, inp, net):
     bpp = inp["bytes_per_particle_1rank"] if p == 1 else inp["bytes_per_particle_nrank"]
     mem_node = ranks_per_node * (inp["baseline_mib"] * 2 ** 20 + bpp * n_p / p)
     return {
-        "nodes": nodes, "ranks": p, "force_nmesh": m, "feasible_slab": p <= min(m, nc),
+        "nodes": nodes, "ranks": p, "force_nmesh": m, "feasible_slab": p <= max_ranks(nc, boost),
         "seconds_per_step": total,
         "parts_s": {"fft": fft, "paint": paint, "readout": readout, "other_compute": other,
                     "fft_transposes": transpose, "halos": halo, "particle_routing": routing},
@@ -147,7 +153,7 @@ def step_model(nc, boost, box, nodes, ranks_per_node, inp, net):
 
 def predict(nc, boost, nodes_list, ranks_per_node, inp, net, box_per_nc):
     rows = []
-    planes = min(int(round(boost * nc)), nc)
+    planes = max_ranks(nc, boost)
     for nodes in nodes_list:
         rpn = ranks_per_node
         row = step_model(nc, boost, box_per_nc * nc, nodes, rpn, inp, net)

@@ -2,9 +2,9 @@
 
 ``simulate``, ``train`` and ``run-sim`` (MPI engine) install *flag* handlers
 (:func:`handling`): a signal only records its number, and the work loop asks at its
-boundaries (a simulation, a training step, an N-body step) whether to stop. The question is collective (:func:`group_stop` over an MPI
-communicator, :func:`backend_stop` over a training backend), so every rank stops at the
-same boundary and none waits forever in a collective the others left. ``evaluate``
+boundaries (a simulation, a training step, an N-body step) whether to stop. The question
+is collective (:func:`group_stop` over an MPI communicator, :func:`backend_stop` over a
+training backend), so every rank stops at the same boundary and none waits forever in a collective the others left. ``evaluate``
 installs *raise* handlers: a signal raises :class:`Interrupted` at once, and the command's
 ``remove_on_failure`` removes what it had begun to write.
 

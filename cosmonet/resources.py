@@ -39,8 +39,10 @@ BASE = 512 * 2 ** 20
 LPT_PER_PARTICLE = 120
 NBODY_PER_PARTICLE = 70
 PER_FORCE_CELL = 9
-KEPT_FIELDS_LPT, KEPT_FIELDS_NBODY = 48, 88
-GATHER_PER_PARTICLE = 2 * 6 * 3 * 4
+FIELDS_PER_PARTICLE = 6 * 3 * 4            # the six float32 3-vector output fields
+KEPT_FIELDS_LPT = 4 * 3 * 4                # the four ZA and 2LPT fields
+KEPT_FIELDS_NBODY = FIELDS_PER_PARTICLE + 16   # all six, and the cached float64 LPT mesh
+GATHER_PER_PARTICLE = 2 * FIELDS_PER_PARTICLE
 FIELD_COPIES_PER_CELL = 4 * 3 * 4
 
 
@@ -121,7 +123,7 @@ def simulation_bytes(nc, force_nmesh, streamed=False, earlier_outputs=0):
     as they are made (``run-sim``), not kept until the end; else each of
     ``earlier_outputs`` (``save_a`` before a_final) holds six more fields (72 B a particle)."""
     n = int(nc) ** 3
-    kept = 0 if streamed else KEPT_FIELDS_NBODY + 72 * int(earlier_outputs)
+    kept = 0 if streamed else KEPT_FIELDS_NBODY + FIELDS_PER_PARTICLE * int(earlier_outputs)
     lpt = n * (LPT_PER_PARTICLE + (0 if streamed else KEPT_FIELDS_LPT))
     nbody = n * (NBODY_PER_PARTICLE + kept) + int(force_nmesh) ** 3 * PER_FORCE_CELL
     return max(lpt, nbody)
